@@ -1,0 +1,77 @@
+"""App assembly: the served contract, the resolver, security, error handling and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from connexion import AsyncApp
+from connexion.options import SwaggerUIOptions
+
+import db
+from auth.security import SECURITY_MAP
+from db import bus
+from gateway import state
+from gateway.http import ERROR_HANDLERS, BodyLimit, ReplaceNul, ServeDocument
+from gateway.settings import Settings, load_settings
+from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
+from gateway.validation import validator_map
+
+log = logging.getLogger("goclaw")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(_app):
+    settings = state.settings
+    if not settings.postgres_dsn:
+        raise RuntimeError("GOCLAW_POSTGRES_DSN is not set (use `goclaw serve` to start an embedded database)")
+    await db.connect(
+        settings.postgres_dsn,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        acquire_timeout=settings.db_timeout_s,
+    )
+    bus.subscribe("api_keys", state.key_cache.clear)
+    bus.start(settings.postgres_dsn)
+    flusher = asyncio.create_task(state.key_cache.run_flusher(), name="goclaw-last-used")
+    try:
+        yield
+    finally:
+        flusher.cancel()
+        await state.key_cache.flush_last_used()
+        await bus.stop()
+        await db.disconnect()
+
+
+def build_connexion_app(
+    settings: Settings,
+    seed_path: Path = SEED_PATH,
+    ext_path: Path | None = EXT_PATH,
+    handlers_package: str = "handlers",
+) -> AsyncApp:
+    state.configure(settings)
+    document = load_document(seed_path, ext_path)
+    resolver = SpecResolver(handlers_package)
+    app = AsyncApp(
+        __name__,
+        lifespan=lifespan,
+        security_map=SECURITY_MAP,
+        swagger_ui_options=SwaggerUIOptions(serve_spec=False, spec_path="/v1/openapi.json", swagger_ui_path="/docs"),
+    )
+    app.add_api(document, resolver=resolver, strict_validation=True, validator_map=validator_map())
+    for exc_type, handler in ERROR_HANDLERS:
+        app.add_error_handler(exc_type, handler)
+    state.resolver = resolver
+    state.allow_table = path_methods(document)
+    state.document = document
+    return app
+
+
+def create_app(settings: Settings | None = None):
+    """ASGI application (uvicorn factory target: `gateway.app:create_app`)."""
+    settings = settings or load_settings()
+    app = build_connexion_app(settings, settings.spec_path or SEED_PATH, settings.spec_ext_path or EXT_PATH)
+    app = BodyLimit(app, settings.max_body_bytes, settings.max_upload_bytes)
+    return ServeDocument(ReplaceNul(app), state.document)

@@ -1,0 +1,205 @@
+"""HTTP plumbing outside the handlers: JSON error responses and the request-body limit."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from connexion.exceptions import ProblemException
+from connexion.lifecycle import ConnexionResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import state
+from gateway.errors import ApiError
+from gateway.i18n import parse_accept_language, translate
+
+log = logging.getLogger("goclaw.http")
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> ConnexionResponse:
+    return ConnexionResponse(
+        status_code=status,
+        body=json.dumps({"error": message}, ensure_ascii=False),
+        content_type="application/json",
+        headers=headers or {},
+    )
+
+
+def _locale(request) -> str:
+    return parse_accept_language(request.headers.get("accept-language"))
+
+
+def on_api_error(request, exc: ApiError) -> ConnexionResponse:
+    return json_error(exc.status, exc.message(_locale(request)), exc.headers)
+
+
+def _routing_error(request, status: int, detail: str, headers: dict[str, str]) -> ConnexionResponse:
+    if status == 404:
+        return json_error(404, f"no such route: {request.url.path}")
+    if status == 405:
+        allow = next((m for rx, m in state.allow_table if rx.match(request.url.path)), headers.get("allow", ""))
+        return json_error(405, translate(_locale(request), "error.method_not_allowed"), {"Allow": allow})
+    return json_error(status, detail, headers)
+
+
+def on_problem(request, exc: ProblemException) -> ConnexionResponse:
+    """Connexion's own errors (validation, routing, content type) in our error shape."""
+    detail = str(exc.detail or exc.title or "error").split("\n", 1)[0]
+    return _routing_error(request, exc.status or 400, detail, dict(exc.headers or {}))
+
+
+def on_http_exception(request, exc: HTTPException) -> ConnexionResponse:
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    return _routing_error(request, exc.status_code, str(exc.detail), headers)
+
+
+def on_unexpected(request, exc: Exception) -> ConnexionResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_error(500, "internal error")
+
+
+ERROR_HANDLERS = (
+    (ApiError, on_api_error),
+    (ProblemException, on_problem),
+    (HTTPException, on_http_exception),
+    (Exception, on_unexpected),
+)
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, by Content-Length or by counting the stream.
+    Uploads (multipart) get their own, larger limit. Chunked bodies (no Content-Length) are read
+    up to the limit and replayed with a Content-Length, since Connexion's validators treat a body
+    without one as absent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
+        limit = self.max_upload_bytes if is_upload else self.max_bytes
+        declared = headers.get(b"content-length")
+        if declared is None and b"chunked" in headers.get(b"transfer-encoding", b""):
+            await self._buffer_chunked(scope, receive, send, limit)
+            return
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                await _send_json(send, 400, "invalid Content-Length")
+                return
+            if too_big:
+                await _send_json(send, 413, f"request body too large (limit {limit} bytes)")
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _buffer_chunked(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _send_json(send, 413, f"request body too large (limit {limit} bytes)")
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        headers = [(k, v) for k, v in scope["headers"] if k != b"transfer-encoding"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+class BodyTooLarge(ApiError):
+    """Raised from `receive` mid-stream; Connexion's error handling turns it into a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "error.body_too_large", limit)
+
+
+async def _send_json(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ServeDocument:
+    """`GET /v1/openapi.json`: the merged document exactly as loaded (Connexion would serve a
+    processed copy with $refs inlined and `servers` rewritten, which is not our contract)."""
+
+    PATH = "/v1/openapi.json"
+
+    def __init__(self, app: ASGIApp, document: dict) -> None:
+        self.app = app
+        self.body = json.dumps(document, ensure_ascii=False).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.PATH and scope["method"] in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(self.body)).encode()),
+                        (b"access-control-allow-origin", b"*"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
+            return
+        await self.app(scope, receive, send)
+
+
+class ReplaceNul:
+    """U+0000 in the path or query string becomes U+FFFD before routing: PostgreSQL text cannot
+    hold it, and such a value can never match stored data anyway."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            scope = {
+                **scope,
+                "path": scope["path"].replace("\x00", "\ufffd"),
+                "raw_path": scope.get("raw_path", b"").replace(b"%00", b"%EF%BF%BD"),
+                "query_string": scope["query_string"].replace(b"%00", b"%EF%BF%BD"),
+            }
+        await self.app(scope, receive, send)

@@ -1,0 +1,73 @@
+"""Connexion's request validators, with messages that name the field and no 500 on bad bytes."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from connexion.exceptions import BadRequestProblem
+from connexion.utils import is_null, is_nullable
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from jsonschema import Draft4Validator, ValidationError
+
+_param_validators: dict[int, tuple[dict, Draft4Validator]] = {}
+
+
+def _validator_for(schema: dict) -> Draft4Validator:
+    """One compiled validator per parameter schema (Connexion deep-copies and recompiles per call)."""
+    cached = _param_validators.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = (schema, Draft4Validator(schema, format_checker=Draft4Validator.FORMAT_CHECKER))
+        _param_validators[id(schema)] = cached
+    return cached[1]
+
+
+REPLACEMENT = "\ufffd"
+
+
+def replace_nul(value: t.Any) -> t.Any:
+    """PostgreSQL text cannot hold U+0000, so it becomes U+FFFD (documented in README)."""
+    if isinstance(value, str):
+        return value.replace("\x00", REPLACEMENT) if "\x00" in value else value
+    if isinstance(value, dict):
+        return {replace_nul(k): replace_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_nul(v) for v in value]
+    return value
+
+
+class NamedParameterValidator(ParameterValidator):
+    @staticmethod
+    def validate_parameter(parameter_type, value, param, param_name=None):
+        if is_nullable(param) and is_null(value):
+            return None
+        if value is not None:
+            try:
+                _validator_for(param.get("schema", param)).validate(value)
+            except ValidationError as exc:
+                return f"invalid {parameter_type} parameter '{param['name']}': {exc.message}"
+            return None
+        if param.get("required"):
+            return f"missing {parameter_type} parameter '{param['name']}'"
+        return None
+
+
+class StrictJSONBodyValidator(JSONRequestBodyValidator):
+    MUTABLE_VALIDATION = True  # the handler receives the body as parsed here (NULs replaced)
+
+    async def _parse(self, stream: t.AsyncGenerator[bytes, None], scope) -> t.Any:
+        raw = b"".join([chunk async for chunk in stream])
+        if not raw:
+            return None
+        try:
+            body = json.loads(raw.decode(self._encoding))
+        except UnicodeDecodeError:
+            raise BadRequestProblem(detail="invalid JSON: body is not valid UTF-8") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise BadRequestProblem(detail=f"invalid JSON: {exc}") from None
+        return replace_nul(body)
+
+
+def validator_map() -> dict:
+    body = type(VALIDATOR_MAP["body"])({**VALIDATOR_MAP["body"], "*/*json": StrictJSONBodyValidator})
+    return {"parameter": NamedParameterValidator, "body": body}

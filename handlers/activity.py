@@ -1,0 +1,20 @@
+"""Activity (audit log)."""
+
+from auth import Principal
+from domain import activity
+
+
+async def get_activity(
+    principal: Principal,
+    limit: int = 50,
+    offset: int = 0,
+    actor_type: str | None = None,
+    actor_id: str | None = None,
+    action: str | None = None,
+    entity_type: str | None = None,
+    entity_id: str | None = None,
+):
+    return await activity.list_activity(
+        principal, limit, offset,
+        actor_type=actor_type, actor_id=actor_id, action=action, entity_type=entity_type, entity_id=entity_id,
+    )

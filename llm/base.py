@@ -1,0 +1,256 @@
+"""Shared HTTP plumbing for every adapter: one connection pool, timeouts,
+retries with backoff, error normalisation and SSE parsing.
+
+Adapters only build bodies and parse answers; everything that decides how a
+call behaves under failure lives here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from llm.errors import UpstreamError, UpstreamTimeout, message_from_body, redact
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 3
+BASE_DELAY = 0.3  # seconds; doubled per attempt
+MAX_DELAY = 30.0  # cap for both computed backoff and Retry-After
+
+# Failures where the request most likely never reached the model (or the
+# connection broke), so sending it again is safe and usually succeeds. Read
+# timeouts are deliberately absent: a slow model stays slow, and retrying would
+# multiply the caller's wait far beyond the timeout it configured.
+_RETRYABLE_TRANSPORT = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
+
+T = TypeVar("T")
+RetryHook = Callable[[int, float, UpstreamError], None]
+"""Called before each retry with (failed attempt number, delay in s, error);
+e.g. to emit a `run.retrying` event. It must not raise."""
+
+
+def create_http_client(
+    *,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 300.0,
+    max_connections: int = 200,
+    max_keepalive_connections: int = 50,
+) -> httpx.AsyncClient:
+    """Create the process-wide client whose pool all adapters share.
+
+    One pool means keep-alive connections are reused across tenants and
+    providers instead of a TLS handshake per call. `read_timeout` bounds the
+    gap between bytes, so long streams are fine as long as data keeps flowing.
+    """
+    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout)
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections,
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+async def close_http_client(client: httpx.AsyncClient) -> None:
+    """Close the shared client (at application shutdown)."""
+    await client.aclose()
+
+
+def backoff_delay(attempt: int) -> float:
+    """Delay after failed attempt `attempt` (1-based): 300ms * 2^(n-1), ±10%."""
+    delay = min(BASE_DELAY * 2 ** (attempt - 1), MAX_DELAY)
+    return delay * random.uniform(0.9, 1.1)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Parse a Retry-After header (delta seconds or HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_DELAY)
+
+
+@dataclass
+class SSEEvent:
+    """One server-sent event: the `event:` name in force and one `data:` line."""
+
+    event: str
+    data: str
+
+
+class BaseClient:
+    """What every adapter inherits: URL building, auth headers, retrying
+    requests and streaming. Subclasses override `auth_headers`."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        api_key: str = "",
+        *,
+        timeout: httpx.Timeout | float | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout  # None = the shared client's timeouts
+        self.on_retry = on_retry
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    # -- public request helpers ------------------------------------------
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send a request and decode its JSON answer; the whole call is
+        retried on transient failures (see RETRY_STATUSES)."""
+
+        async def attempt() -> Any:
+            resp = await self._send(method, path, json_body, params)
+            try:
+                body = await resp.aread()
+            except httpx.RequestError as exc:
+                raise self._transport_error(exc, during="reading the response") from exc
+            finally:
+                await resp.aclose()
+            if not body:
+                return None
+            try:
+                return json.loads(body)
+            except ValueError as exc:
+                raise UpstreamError(resp.status_code, "upstream sent invalid JSON") from exc
+
+        return await self._retrying(attempt)
+
+    async def stream_lines(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield response lines as they arrive.
+
+        Only opening the connection (up to a 2xx status) is retried: once
+        bytes flow, the caller has seen partial output and a silent restart
+        would duplicate it, so a break mid-body raises UpstreamError.
+        Closing or cancelling the iterator closes the upstream response.
+        """
+        resp = await self._retrying(lambda: self._send(method, path, json_body, params))
+        try:
+            async for line in resp.aiter_lines():
+                yield line
+        except httpx.RequestError as exc:
+            raise self._transport_error(exc, during="streaming", retryable=False) from exc
+        finally:
+            await resp.aclose()
+
+    async def stream_sse(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> AsyncIterator[SSEEvent]:
+        """Yield server-sent events.
+
+        Every `data:` line is dispatched on its own: LLM providers put one
+        JSON document per line and some omit the blank separator lines, so
+        joining multi-line data (as generic SSE would) only adds failure modes.
+        """
+        event = ""
+        lines = self.stream_lines(method, path, json_body=json_body, params=params)
+        async with aclosing(lines):
+            async for line in lines:
+                if not line:
+                    event = ""
+                    continue
+                field, _, value = line.partition(":")
+                if value.startswith(" "):
+                    value = value[1:]
+                if field == "data":
+                    yield SSEEvent(event or "message", value)
+                elif field == "event":
+                    event = value
+
+    # -- internals ---------------------------------------------------------
+
+    async def _send(self, method: str, path: str, json_body: Any, params: dict[str, Any] | None) -> httpx.Response:
+        """One attempt: returns an open 2xx response or raises UpstreamError."""
+        request = self.http.build_request(
+            method,
+            self.url(path),
+            json=json_body,
+            params=params,
+            headers=self.auth_headers(),
+            timeout=self.timeout if self.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        try:
+            resp = await self.http.send(request, stream=True)
+        except httpx.RequestError as exc:
+            raise self._transport_error(exc, during="connecting") from exc
+        if resp.is_success:
+            return resp
+        try:
+            body = await resp.aread()
+        except httpx.RequestError:
+            body = b""
+        finally:
+            await resp.aclose()
+        message = redact(message_from_body(body, resp.reason_phrase or "error"), self.api_key)
+        raise UpstreamError(
+            resp.status_code,
+            message,
+            parse_retry_after(resp.headers.get("retry-after")),
+            retryable=resp.status_code in RETRY_STATUSES,
+        )
+
+    def _transport_error(self, exc: httpx.RequestError, *, during: str, retryable: bool | None = None) -> UpstreamError:
+        if retryable is None:
+            retryable = isinstance(exc, _RETRYABLE_TRANSPORT)
+        detail = redact(str(exc) or type(exc).__name__, self.api_key)
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(None, f"timed out {during}: {detail}", retryable=retryable)
+        return UpstreamError(None, f"network error {during}: {detail}", retryable=retryable)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return await attempt()
+            except UpstreamError as exc:
+                if not exc.retryable or n == MAX_ATTEMPTS:
+                    raise
+                delay = exc.retry_after if exc.retry_after is not None else backoff_delay(n)
+                if self.on_retry is not None:
+                    self.on_retry(n, delay, exc)
+                await asyncio.sleep(delay)  # cancellation aborts the wait
+        raise AssertionError("unreachable")

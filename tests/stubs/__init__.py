@@ -1,0 +1,1 @@
+"""Stand-in upstream servers used by tests and benchmarks."""
