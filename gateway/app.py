@@ -18,6 +18,7 @@ from gateway.http import ERROR_HANDLERS, BodyLimit, ReplaceNul, ServeDocument
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
 from gateway.validation import validator_map
+from llm import close_http_client, create_http_client
 
 log = logging.getLogger("goclaw")
 
@@ -36,10 +37,12 @@ async def lifespan(_app):
     bus.subscribe("api_keys", state.key_cache.clear)
     bus.start(settings.postgres_dsn)
     flusher = asyncio.create_task(state.key_cache.run_flusher(), name="goclaw-last-used")
+    state.http = create_http_client()
     try:
         yield
     finally:
         flusher.cancel()
+        await close_http_client(state.http)
         await state.key_cache.flush_last_used()
         await bus.stop()
         await db.disconnect()
@@ -52,6 +55,7 @@ def build_connexion_app(
     handlers_package: str = "handlers",
 ) -> AsyncApp:
     state.configure(settings)
+    state.box()  # load or generate the encryption key now, not on the first request
     document = load_document(seed_path, ext_path)
     resolver = SpecResolver(handlers_package)
     app = AsyncApp(

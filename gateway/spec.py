@@ -31,6 +31,7 @@ from gateway.errors import ApiError
 ROOT = Path(__file__).resolve().parent.parent
 SEED_PATH = ROOT / "openapi_spec.json"
 EXT_PATH = ROOT / "openapi_ext.json"
+EXT_DIR = ROOT / "openapi_ext"  # per-area fragments, merged after openapi_ext.json in name order
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 
@@ -82,11 +83,20 @@ def is_subset(small: Any, big: Any) -> bool:
     return small == big
 
 
-def load_document(seed_path: Path = SEED_PATH, ext_path: Path | None = EXT_PATH) -> dict:
-    seed = json.loads(seed_path.read_text())
-    if ext_path is None or not ext_path.exists():
-        return seed
-    return merge_add_only(seed, json.loads(ext_path.read_text()))
+def extension_files(ext_path: Path | None = EXT_PATH, ext_dir: Path = EXT_DIR) -> list[Path]:
+    files = [ext_path] if ext_path is not None and ext_path.exists() else []
+    return files + sorted(ext_dir.glob("*.json"))
+
+
+def load_document(seed_path: Path = SEED_PATH, ext_path: Path | None = EXT_PATH, ext_dir: Path = EXT_DIR) -> dict:
+    """The served document: the seed, then each extension file merged add-only on top."""
+    document = json.loads(seed_path.read_text())
+    for path in extension_files(ext_path, ext_dir):
+        try:
+            document = merge_add_only(document, json.loads(path.read_text()))
+        except ExtensionConflict as exc:
+            raise ExtensionConflict(f"{path.name}: {exc}") from None
+    return document
 
 
 def _ident(text: str) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
 from auth.cache import KeyCache
+from gateway.secrets import SecretBox, load_or_create_key
 from gateway.settings import Settings, load_settings
 
 settings: Settings = load_settings({})
@@ -15,8 +18,21 @@ document: dict = {}  # the served OpenAPI document (seed + extension)
 allow_table: list = []  # (path regex, allowed methods) for 405 answers
 
 
+secret_box: SecretBox | None = None
+http: httpx.AsyncClient | None = None  # the shared outbound client (LLM providers, web_fetch, ...)
+
+
+def box() -> SecretBox:
+    """The process's SecretBox (created on first use from settings)."""
+    global secret_box
+    if secret_box is None:
+        secret_box = SecretBox(load_or_create_key(settings.encryption_key, settings.data_dir))
+    return secret_box
+
+
 def configure(new_settings: Settings) -> None:
-    global settings, key_cache, started_at
+    global settings, key_cache, started_at, secret_box
+    secret_box = None
     settings = new_settings
     key_cache = KeyCache(ttl=new_settings.api_key_cache_ttl_s)
     started_at = time.monotonic()

@@ -17,6 +17,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_TOKEN = "test-gateway-token-0123456789"
+TEST_ENCRYPTION_KEY = "5e" * 32
 
 
 def free_port() -> int:
@@ -94,6 +95,8 @@ def start_gateway(dsn: str, workdir: Path, **env_overrides: str) -> Gateway:
         "GOCLAW_DATA_DIR": str(workdir / "data"),
         "GOCLAW_GATEWAY_TOKEN": TEST_TOKEN,
         "GOCLAW_LOG_LEVEL": "warning",
+        "GOCLAW_ENCRYPTION_KEY": TEST_ENCRYPTION_KEY,
+        "GOCLAW_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8",  # the LLM/MCP stubs live on loopback
         **env_overrides,
     }
     env = {k: v for k, v in env.items() if v is not None and v != "<unset>"}
