@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -36,7 +37,6 @@ async def connect(dsn: str, *, min_size: int = 2, max_size: int = 10, acquire_ti
         open=False,
         kwargs={"row_factory": dict_row, "autocommit": True},
         reconnect_timeout=0,  # keep trying forever; the pool heals once the database is back
-        check=AsyncConnectionPool.check_connection,
     )
     await _pool.open(wait=False)
 
@@ -48,12 +48,24 @@ async def disconnect() -> None:
         _pool = None
 
 
+_purging: asyncio.Task | None = None
+
+
+def _purge_broken_connections() -> None:
+    """After a connection failure, check the idle connections in the background (instead of
+    checking every connection on every checkout), so a database restart costs few requests."""
+    global _purging
+    if _pool is not None and (_purging is None or _purging.done()):
+        _purging = asyncio.get_running_loop().create_task(_pool.check())
+
+
 @contextlib.asynccontextmanager
 async def _unavailable_as_503() -> AsyncIterator[None]:
     try:
         yield
     except (PoolTimeout, psycopg.OperationalError) as exc:
         log.warning("database unavailable: %s", exc.__class__.__name__)
+        _purge_broken_connections()
         raise ApiError(503, "error.database_unavailable", headers={"Retry-After": "1"}) from exc
     except psycopg.DataError as exc:  # a value the column cannot hold: the client's input
         detail = exc.diag.message_primary or exc.__class__.__name__

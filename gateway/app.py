@@ -8,19 +8,38 @@ import logging
 from pathlib import Path
 
 from connexion import AsyncApp
-from connexion.options import SwaggerUIOptions
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.exceptions import ExceptionMiddleware
+from connexion.middleware.lifespan import LifespanMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.security import SecurityMiddleware
+from connexion.middleware.server_error import ServerErrorMiddleware
 
 import db
 from auth.security import SECURITY_MAP
 from db import bus
 from gateway import state
-from gateway.http import ERROR_HANDLERS, BodyLimit, ReplaceNul, ServeDocument
+from gateway.docs import DocsAndSpec
+from gateway.http import ERROR_HANDLERS, BodyLimit, ReplaceNul
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
 from gateway.validation import validator_map
 from llm import close_http_client, create_http_client
 
 log = logging.getLogger("goclaw")
+
+# Connexion's default stack minus Swagger UI (gateway/docs.py serves /docs and the document
+# before this stack) and response validation (off by default; the tests validate responses).
+MIDDLEWARES = [
+    ServerErrorMiddleware,
+    ExceptionMiddleware,
+    RoutingMiddleware,
+    SecurityMiddleware,
+    RequestValidationMiddleware,
+    LifespanMiddleware,
+    ContextMiddleware,
+]
 
 
 @contextlib.asynccontextmanager
@@ -38,9 +57,11 @@ async def lifespan(_app):
     bus.start(settings.postgres_dsn)
     flusher = asyncio.create_task(state.key_cache.run_flusher(), name="goclaw-last-used")
     state.http = create_http_client()
+    state.writer.start()
     try:
         yield
     finally:
+        await state.writer.close()
         flusher.cancel()
         await close_http_client(state.http)
         await state.key_cache.flush_last_used()
@@ -62,7 +83,7 @@ def build_connexion_app(
         __name__,
         lifespan=lifespan,
         security_map=SECURITY_MAP,
-        swagger_ui_options=SwaggerUIOptions(serve_spec=False, spec_path="/v1/openapi.json", swagger_ui_path="/docs"),
+        middlewares=MIDDLEWARES,
     )
     app.add_api(document, resolver=resolver, strict_validation=True, validator_map=validator_map())
     for exc_type, handler in ERROR_HANDLERS:
@@ -78,4 +99,4 @@ def create_app(settings: Settings | None = None):
     settings = settings or load_settings()
     app = build_connexion_app(settings, settings.spec_path or SEED_PATH, settings.spec_ext_path or EXT_PATH)
     app = BodyLimit(app, settings.max_body_bytes, settings.max_upload_bytes)
-    return ServeDocument(ReplaceNul(app), state.document)
+    return DocsAndSpec(ReplaceNul(app), state.document)

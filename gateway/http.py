@@ -159,34 +159,6 @@ async def _send_json(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class ServeDocument:
-    """`GET /v1/openapi.json`: the merged document exactly as loaded (Connexion would serve a
-    processed copy with $refs inlined and `servers` rewritten, which is not our contract)."""
-
-    PATH = "/v1/openapi.json"
-
-    def __init__(self, app: ASGIApp, document: dict) -> None:
-        self.app = app
-        self.body = json.dumps(document, ensure_ascii=False).encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.PATH and scope["method"] in ("GET", "HEAD"):
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(self.body)).encode()),
-                        (b"access-control-allow-origin", b"*"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
-            return
-        await self.app(scope, receive, send)
-
-
 class ReplaceNul:
     """U+0000 in the path or query string becomes U+FFFD before routing: PostgreSQL text cannot
     hold it, and such a value can never match stored data anyway."""

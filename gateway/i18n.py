@@ -30,6 +30,23 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.upstream": "upstream provider error: {0}",
         "error.upstream_timeout": "upstream provider timed out",
         "error.conflict": "{0}",
+        # agents, providers
+        "error.admin_only": "only an admin can {0}",
+        "error.provider_in_use": "provider {0} is used by {1} agent(s): point them at another provider first",
+        "error.provider_disabled": "provider {0} is disabled",
+        "error.secret_unreadable": (
+            "the stored API key of provider {0} cannot be decrypted (was GOCLAW_ENCRYPTION_KEY changed?); set it again"
+        ),
+        # channels, storage, media
+        "error.invalid_path": "invalid path",
+        "error.not_a_directory": "not a directory: {0}",
+        "error.invalid_channel_type": "invalid channel_type",
+        "error.channel_credentials": "{0} channels need these credentials: {1}",
+        "error.channel_key_required": "channel and key are required",
+        "error.missing_file_field": "missing 'file' field",
+        "error.empty_file": "the uploaded file is empty",
+        "error.file_too_large": "file too large (limit {0} bytes)",
+        "error.range_not_satisfiable": "requested range not satisfiable (size {0} bytes)",
     },
     "vi": {
         "error.unauthorized": "chưa xác thực",
@@ -46,6 +63,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.rate_limit": "vượt quá giới hạn — vui lòng đợi",
         "error.method_not_allowed": "phương thức không được phép",
         "error.database_unavailable": "cơ sở dữ liệu không khả dụng, vui lòng thử lại",
+        "error.invalid_path": "đường dẫn không hợp lệ",
     },
     "zh": {
         "error.unauthorized": "未授权",
@@ -62,6 +80,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.rate_limit": "超出速率限制，请稍候",
         "error.method_not_allowed": "不允许的方法",
         "error.database_unavailable": "数据库不可用，请稍后重试",
+        "error.invalid_path": "无效的路径",
     },
 }
 

@@ -7,6 +7,8 @@ import time
 import httpx
 
 from auth.cache import KeyCache
+from db.batch import BatchWriter
+from domain.ratelimit import RateLimiter
 from gateway.secrets import SecretBox, load_or_create_key
 from gateway.settings import Settings, load_settings
 
@@ -20,6 +22,8 @@ allow_table: list = []  # (path regex, allowed methods) for 405 answers
 
 secret_box: SecretBox | None = None
 http: httpx.AsyncClient | None = None  # the shared outbound client (LLM providers, web_fetch, ...)
+writer: BatchWriter = BatchWriter()  # write-behind for traces, usage rollups and transcripts
+chat_limiter: RateLimiter = RateLimiter(60, 10)
 
 
 def box() -> SecretBox:
@@ -31,8 +35,9 @@ def box() -> SecretBox:
 
 
 def configure(new_settings: Settings) -> None:
-    global settings, key_cache, started_at, secret_box
+    global settings, key_cache, started_at, secret_box, chat_limiter
     secret_box = None
     settings = new_settings
+    chat_limiter = RateLimiter(new_settings.rate_limit_rpm, new_settings.rate_limit_burst)
     key_cache = KeyCache(ttl=new_settings.api_key_cache_ttl_s)
     started_at = time.monotonic()

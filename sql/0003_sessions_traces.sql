@@ -106,3 +106,25 @@ CREATE TABLE usage_hourly (
     total_duration_ms bigint     NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket_hour, agent_id, user_id, provider, model)
 );
+
+-- Agent-to-agent runs (delegation tools and teams write here).
+CREATE TABLE delegation_history (
+    id              uuid PRIMARY KEY DEFAULT uuid_v7(),
+    source_agent_id uuid          REFERENCES agents (id) ON DELETE SET NULL,
+    target_agent_id uuid          REFERENCES agents (id) ON DELETE SET NULL,
+    user_id         varchar(255),
+    task            text          NOT NULL,
+    mode            varchar(20)   NOT NULL DEFAULT 'sync',
+    status          varchar(20)   NOT NULL DEFAULT 'running',
+    result          text,
+    error           text,
+    iterations      integer       NOT NULL DEFAULT 0,
+    trace_id        uuid,
+    duration_ms     integer       NOT NULL DEFAULT 0,
+    metadata        jsonb         NOT NULL DEFAULT '{}',
+    created_at      timestamptz   NOT NULL DEFAULT now(),
+    updated_at      timestamptz   NOT NULL DEFAULT now(),
+    completed_at    timestamptz
+);
+CREATE INDEX delegation_history_created_idx ON delegation_history (created_at DESC);
+CREATE INDEX delegation_history_user_idx ON delegation_history (user_id, created_at DESC);

@@ -1,0 +1,112 @@
+"""Write-behind for data that must not slow the response path (traces, spans, usage rollups,
+chat transcripts, ...). Writes are queued in order and committed in batches: consecutive
+statements with the same SQL become one `executemany`, the whole batch one transaction.
+
+If a batch fails because the database is unreachable, it stays queued and is retried. If it fails
+because of one bad row, the rows are retried one by one and only the bad one is dropped (logged).
+`close()` flushes everything that is queued, so a clean shutdown loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+import psycopg
+
+import db
+from gateway.errors import ApiError
+
+log = logging.getLogger("goclaw.batch")
+
+MAX_QUEUED = 200_000  # beyond this (a long outage) the oldest writes are dropped, loudly
+
+
+class BatchWriter:
+    def __init__(self, interval: float = 0.1, max_batch: int = 2_000) -> None:
+        self.interval = interval
+        self.max_batch = max_batch
+        self._queue: list[tuple[str, Sequence[Any]]] = []
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self.dropped = 0
+
+    def add(self, sql: str, params: Sequence[Any]) -> None:
+        self._queue.append((sql, params))
+        if len(self._queue) > MAX_QUEUED:
+            del self._queue[0]
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("write-behind queue full; dropped %d writes so far", self.dropped)
+        if len(self._queue) >= self.max_batch:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def flush(self) -> None:
+        """Commit everything queued so far (callers needing read-your-writes await this)."""
+        async with self._lock:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                try:
+                    await self._write(batch)
+                except ApiError as exc:
+                    if exc.status == 503:
+                        raise  # database unreachable: keep the batch queued
+                    await self._write_one_by_one(batch)  # a value the database refuses
+                except psycopg.Error:
+                    await self._write_one_by_one(batch)
+                del self._queue[: len(batch)]
+
+    async def _write(self, batch: list[tuple[str, Sequence[Any]]]) -> None:
+        async with db.transaction() as conn:
+            for sql, group in groupby(batch, key=lambda item: item[0]):
+                async with conn.cursor() as cur:
+                    await cur.executemany(sql, [params for _, params in group])
+
+    async def _write_one_by_one(self, batch: list[tuple[str, Sequence[Any]]]) -> None:
+        for sql, params in batch:
+            try:
+                async with db.transaction() as conn:
+                    await conn.execute(sql, params)
+            except (psycopg.Error, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 503:
+                    raise
+                log.error("dropping a write that the database refuses: %s", exc)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("write-behind flush failed (%s); %d writes queued", exc.__class__.__name__, self.pending)
+                await asyncio.sleep(0.5)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="goclaw-batch-writer")
+
+    async def close(self, attempts: int = 20) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for _ in range(attempts):
+            try:
+                await self.flush()
+                return
+            except Exception:
+                await asyncio.sleep(0.25)
+        if self._queue:
+            log.error("shutting down with %d unwritten writes (database unreachable)", len(self._queue))

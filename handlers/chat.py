@@ -1,0 +1,16 @@
+"""Chat: OpenAI-compatible completions."""
+
+from connexion import request
+from starlette.responses import StreamingResponse
+
+from auth import Principal
+from domain import chat
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def post_chat_completions(principal: Principal, body: dict):
+    if body.get("stream"):
+        frames = await chat.stream_completion(principal, body, request.headers)
+        return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    return await chat.complete(principal, body, request.headers)
