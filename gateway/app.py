@@ -21,11 +21,12 @@ from auth.security import SECURITY_MAP
 from db import bus
 from gateway import state
 from gateway.docs import DocsAndSpec
-from gateway.http import ERROR_HANDLERS, BodyLimit, ReplaceNul
+from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, ReplaceNul
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
 from gateway.validation import validator_map
 from llm import close_http_client, create_http_client
+from ws import server as ws_server
 
 log = logging.getLogger("goclaw")
 
@@ -59,8 +60,10 @@ async def lifespan(_app):
     state.http = create_http_client()
     state.writer.start()
     try:
+        await ws_server.start()  # WebSocket RPC on GOCLAW_WS_PORT, same loop and pool
         yield
     finally:
+        await ws_server.stop()
         await state.writer.close()
         flusher.cancel()
         await close_http_client(state.http)
@@ -98,5 +101,6 @@ def create_app(settings: Settings | None = None):
     """ASGI application (uvicorn factory target: `gateway.app:create_app`)."""
     settings = settings or load_settings()
     app = build_connexion_app(settings, settings.spec_path or SEED_PATH, settings.spec_ext_path or EXT_PATH)
+    app = CancelOnDisconnect(app, paths=("/v1/chat/completions",), suffixes=("/wake",))
     app = BodyLimit(app, settings.max_body_bytes, settings.max_upload_bytes)
     return DocsAndSpec(ReplaceNul(app), state.document)

@@ -22,7 +22,8 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    for noisy in ("pgserver", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _database(settings: Settings):
@@ -74,6 +75,7 @@ def cmd_serve(settings: Settings, workers: int) -> int:
         migrate(dsn)
         os.environ["GOCLAW_POSTGRES_DSN"] = dsn  # workers read their settings from the environment
         print(f"goclaw: HTTP on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
+        print(f"goclaw: WebSocket RPC on ws://{settings.host}:{settings.ws_port}/ws", flush=True)
         config = dict(
             factory=True,
             host=settings.host,

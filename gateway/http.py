@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -46,6 +47,8 @@ def _routing_error(request, status: int, detail: str, headers: dict[str, str]) -
 def on_problem(request, exc: ProblemException) -> ConnexionResponse:
     """Connexion's own errors (validation, routing, content type) in our error shape."""
     detail = str(exc.detail or exc.title or "error").split("\n", 1)[0]
+    if (exc.status or 400) >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, detail)
     return _routing_error(request, exc.status or 400, detail, dict(exc.headers or {}))
 
 
@@ -67,6 +70,9 @@ ERROR_HANDLERS = (
 )
 
 
+MULTIPART_OVERHEAD = 64 * 1024
+
+
 class BodyLimit:
     """Refuse request bodies over the limit with 413, by Content-Length or by counting the stream.
     Uploads (multipart) get their own, larger limit. Chunked bodies (no Content-Length) are read
@@ -84,7 +90,9 @@ class BodyLimit:
             return
         headers = dict(scope["headers"])
         is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
-        limit = self.max_upload_bytes if is_upload else self.max_bytes
+        # the upload limit is on the file; multipart framing (boundaries, part headers) gets headroom,
+        # and the media handler enforces the exact file size while streaming
+        limit = self.max_upload_bytes + MULTIPART_OVERHEAD if is_upload else self.max_bytes
         declared = headers.get(b"content-length")
         if declared is None and b"chunked" in headers.get(b"transfer-encoding", b""):
             await self._buffer_chunked(scope, receive, send, limit)
@@ -175,3 +183,51 @@ class ReplaceNul:
                 "query_string": scope["query_string"].replace(b"%00", b"%EF%BF%BD"),
             }
         await self.app(scope, receive, send)
+
+
+class CancelOnDisconnect:
+    """For long-running operations (chat, wake): when the client goes away before the response
+    is complete, cancel the work, so the upstream LLM call stops too. One task owns the real
+    `receive` and forwards messages; the app reads from a queue."""
+
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...], suffixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.paths = paths
+        self.suffixes = suffixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not (
+            path in self.paths or path.endswith(self.suffixes)
+        ):
+            await self.app(scope, receive, send)
+            return
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        app_task = asyncio.current_task()
+        finished = False
+
+        async def pump() -> None:
+            while True:
+                message = await receive()
+                await queue.put(message)
+                if message["type"] == "http.disconnect":
+                    if not finished and app_task is not None:
+                        app_task.cancel()
+                    return
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        reader = asyncio.create_task(pump())
+        try:
+            await self.app(scope, queue.get, tracking_send)
+        except asyncio.CancelledError:
+            if finished or reader.done() is False:
+                raise
+            # the client left: nothing to answer, and the work has been cancelled
+        finally:
+            finished = True
+            reader.cancel()

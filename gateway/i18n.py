@@ -47,6 +47,28 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.empty_file": "the uploaded file is empty",
         "error.file_too_large": "file too large (limit {0} bytes)",
         "error.range_not_satisfiable": "requested range not satisfiable (size {0} bytes)",
+        # tools, MCP servers, skills
+        "error.mcp": "{0}",
+        "error.ssrf_refused": "{0} resolves to a private or reserved address (refused)",
+        "error.skill_archive": "invalid skill archive: {0}",
+        "error.skill_too_large": "skill archive too large: {0}",
+        "error.secrets_unreadable": (
+            "the stored {0} cannot be decrypted (was GOCLAW_ENCRYPTION_KEY changed?); set it again"
+        ),
+        # runs, WebSocket RPC
+        "error.session_busy": (
+            "session {0} is busy with run {1}: wait for it to finish, chat.abort it, or chat.inject the message"
+        ),
+        "error.run_aborted": "run {0} was aborted",
+        "error.inbox_full": "session {0} already has {1} injected messages waiting",
+        "error.ws_invalid_frame": "invalid frame: {0}",
+        "error.ws_unexpected_frame": "unexpected frame type: {0}",
+        "error.ws_malformed": "malformed request: {0}",
+        "error.ws_connect_first": "first request must be 'connect'",
+        "error.ws_unknown_method": "unknown method: {0}",
+        "error.ws_token_required": "unauthorized: connect needs a token (the gateway token or an API key)",
+        "error.ws_user_required": "user_id is required",
+        "error.ws_too_many_runs": "too many concurrent runs on this connection (limit {0})",
     },
     "vi": {
         "error.unauthorized": "chưa xác thực",

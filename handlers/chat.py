@@ -7,10 +7,11 @@ from auth import Principal
 from domain import chat
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+JSON = {"Content-Type": "application/json"}  # the operation documents JSON and SSE; say which
 
 
 async def post_chat_completions(principal: Principal, body: dict):
     if body.get("stream"):
         frames = await chat.stream_completion(principal, body, request.headers)
         return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await chat.complete(principal, body, request.headers)
+    return await chat.complete(principal, body, request.headers), 200, JSON

@@ -57,6 +57,7 @@ def test_non_streaming_completion_is_a_valid_openai_response(gateway, agent_for,
 
 def test_streaming_relays_deltas_as_chunks(gateway, agent_for, llm_stub):
     setup = agent_for()
+    llm_stub.reset()
     llm_stub.script({"wire": "openai", "chunks": ["one ", "two ", "three"]})
     stream = sdk(gateway).chat.completions.create(
         model=setup["model"], messages=[{"role": "user", "content": "count"}], stream=True,
@@ -119,12 +120,17 @@ def test_usage_of_other_tenants_is_invisible(gateway, agent_for, client_for, mak
     assert eve.get("/v1/usage/summary").json()["current"]["requests"] == 0
 
 
-def test_a_user_cannot_chat_with_another_users_private_agent(gateway, agent_for):
+def test_a_user_cannot_chat_with_another_users_private_agent(gateway, agent_for, make_key):
     setup = agent_for(owner="alice")
+    key, _ = make_key("operator.write")  # an operator, not an admin: tenancy applies
     with pytest.raises(openai.NotFoundError):
-        sdk(gateway, user="mallory").chat.completions.create(
+        sdk(gateway, user="mallory", token=key).chat.completions.create(
             model=setup["model"], messages=[{"role": "user", "content": "hi"}],
         )
+    reply = sdk(gateway, user="alice", token=key).chat.completions.create(
+        model=setup["model"], messages=[{"role": "user", "content": "hi"}],
+    )
+    assert reply.choices[0].message.content == "echo: hi"
 
 
 def test_unknown_agent_is_404_and_empty_messages_400(gateway):
@@ -137,6 +143,7 @@ def test_unknown_agent_is_404_and_empty_messages_400(gateway):
 
 def test_upstream_failure_is_502_and_is_traced(gateway, agent_for, llm_stub, admin):
     setup = agent_for()
+    llm_stub.reset()
     llm_stub.script([{"wire": "openai", "status": 500, "message": "boom"}] * 3)
     with pytest.raises(openai.APIStatusError) as caught:
         sdk(gateway).chat.completions.create(model=setup["model"], messages=[{"role": "user", "content": "x"}])
@@ -149,6 +156,7 @@ def test_upstream_failure_is_502_and_is_traced(gateway, agent_for, llm_stub, adm
 
 def test_retry_after_429_then_success(gateway, agent_for, llm_stub):
     setup = agent_for()
+    llm_stub.reset()
     llm_stub.script([{"wire": "openai", "status": 429, "retry_after": "0", "message": "slow down"}])
     reply = sdk(gateway).chat.completions.create(model=setup["model"], messages=[{"role": "user", "content": "again"}])
     assert reply.choices[0].message.content == "echo: again"
@@ -176,7 +184,8 @@ def test_anthropic_and_gemini_agents_answer_through_the_same_endpoint(gateway, a
 
 def test_client_disconnect_cancels_the_upstream_stream(gateway, agent_for, llm_stub, admin):
     setup = agent_for()
-    llm_stub.script({"wire": "openai", "chunks": ["start ", "never"], "hang_after": 1})
+    llm_stub.reset()
+    llm_stub.script({"wire": "openai", "chunks": ["start ", "never"], "hang_after": 2})
     body = {"model": setup["model"], "messages": [{"role": "user", "content": "hang"}], "stream": True}
     headers = {"Authorization": f"Bearer {TEST_TOKEN}", "X-GoClaw-User-Id": "alice"}
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=10) as response:
