@@ -14,20 +14,25 @@ import time
 from collections.abc import AsyncIterator
 
 from agent.loop import Run, RunEvent, run_loop
+from agent.tools import ToolContext, tools_for_agent
 from auth import Principal
 from auth.principal import validate_user_id
 from db import bus
-from domain import agents, providers, sessions
+from domain import agents, providers, runs, sessions
 from domain.cache import TTLCache
 from domain.ratelimit import credential_key
 from domain.tracing import TraceRecorder
+from domain.workspace import agent_root
 from gateway import state
 from gateway.errors import ApiError
 from llm import Message, UpstreamError, UpstreamTimeout
 
 AGENT_PREFIXES = ("goclaw:", "agent:")
 _agents = TTLCache(ttl=5.0)
+_toolsets = TTLCache(ttl=5.0)  # building a ToolSet reads several tables; reuse it between requests
 bus.subscribe("agents", _agents.clear)
+for _kind in ("agents", "builtin_tools", "custom_tools", "mcp_servers", "skills"):
+    bus.subscribe(_kind, _toolsets.clear)
 
 
 def agent_ref(model: str | None, header_agent: str | None) -> str:
@@ -56,13 +61,11 @@ def upstream_error(exc: UpstreamError) -> ApiError:
 
 async def _tools_for(principal: Principal, agent: dict):
     """The agent's ToolSet and its context, or (None, None) when the agent has no tools."""
-    try:
-        from agent.tools import ToolContext, tools_for_agent
-
-        from domain.workspace import agent_root
-    except ImportError:
-        return None, None
-    toolset = await tools_for_agent(principal, agent)
+    key = (agent["id"], agent["updated_at"], principal.user_id)
+    toolset = _toolsets.get(key)
+    if toolset is None:
+        toolset = await tools_for_agent(principal, agent)
+        _toolsets.set(key, toolset)
     if not toolset.specs():
         return None, None
     workspace = agent_root(agent["agent_key"], principal.user_id)
@@ -167,7 +170,7 @@ async def prepare_completion(principal: Principal, body: dict, headers) -> tuple
 
 async def complete(principal: Principal, body: dict, headers) -> dict:
     run, agent, principal = await prepare_completion(principal, body, headers)
-    async with traced(run, principal, agent, "http"):
+    async with runs.tracked(run, principal, agent, "http"), traced(run, principal, agent, "http"):
         async for _ in run_loop(run):
             pass
     return {
@@ -260,7 +263,7 @@ async def wake(principal: Principal, ref: str, message: str, user_id: str | None
             if r["role"] in ("user", "assistant")]
     run = await start_run(principal, agent, [*past, Message("user", message)], channel="wake", session_key=key,
                           stream=False)
-    async with traced(run, principal, agent, "wake"):
+    async with runs.tracked(run, principal, agent, "wake"), traced(run, principal, agent, "wake"):
         async for _ in run_loop(run):
             pass
     return {"content": run.content, "run_id": str(run.recorder.run_id), "trace_id": str(run.recorder.id),

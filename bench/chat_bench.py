@@ -1,0 +1,127 @@
+"""Chat completions: the gateway (auth, agent, provider, persistence and tracing on) against the
+stub upstream called directly, in the same run.
+
+Prints added latency p50/p99 at concurrency 1 (sequential requests, Python client), requests/s at
+concurrency 32 (wrk), for non-streaming and streaming, and time to first chunk when streaming.
+
+    .venv/bin/python bench/chat_bench.py [--requests 300] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+from common import ROOT, TEST_TOKEN, Database, free_port, start_gateway, wait_until, workdir, wrk
+
+LUA = """wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def start_stub() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _ok(url + "/_stats"), timeout=15)
+    return process, url
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def sequential(url: str, body: dict, headers: dict, n: int, stream: bool) -> dict:
+    """Latency (ms) of n sequential requests; for streams also time to first content chunk."""
+    totals, firsts = [], []
+    with httpx.Client(headers=headers, timeout=30) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            if stream:
+                with client.stream("POST", url, json=body) as response:
+                    first = None
+                    for line in response.iter_lines():
+                        if first is None and '"content": "' in line and '"content": ""' not in line:
+                            first = time.perf_counter()
+                firsts.append(((first or time.perf_counter()) - start) * 1000)
+            else:
+                client.post(url, json=body).raise_for_status()
+            totals.append((time.perf_counter() - start) * 1000)
+    return {"p50": statistics.median(totals), "p99": _p99(totals),
+            "ttfb_p50": statistics.median(firsts) if firsts else None}
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def lua_file(body: dict, headers: dict) -> str:
+    script = LUA % json.dumps(body).replace("'", "\\'")
+    script += "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    handle = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    handle.write(script)
+    handle.close()
+    return handle.name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    database = Database()
+    gateway = start_gateway(database.dsn, workdir(), GOCLAW_RATE_LIMIT_RPM="0")
+    stub, stub_url = start_stub()
+    admin = {"Authorization": f"Bearer {TEST_TOKEN}", "X-GoClaw-User-Id": "bench"}
+    try:
+        httpx.post(gateway.url + "/v1/providers", headers=admin, json={
+            "name": "stub", "provider_type": "openai_compat", "api_base": stub_url + "/v1", "api_key": "sk-bench"},
+        ).raise_for_status()
+        httpx.post(gateway.url + "/v1/agents", headers=admin, json={
+            "name": "bench", "provider": "stub", "model": "gpt-4o-mini", "system_prompt": "Be brief."},
+        ).raise_for_status()
+        key = httpx.post(gateway.url + "/v1/api-keys", headers=admin,
+                         json={"name": "bench", "scopes": ["operator.write"]}).json()["key"]
+        user = {"Authorization": f"Bearer {key}", "X-GoClaw-User-Id": "bench"}
+        messages = [{"role": "user", "content": "hello there"}]
+        direct = {"model": "gpt-4o-mini", "messages": messages}
+        via = {"model": "goclaw:bench", "messages": messages}
+        rows = []
+        for stream in (False, True):
+            extra = {"stream": True} if stream else {}
+            stub_seq = sequential(stub_url + "/v1/chat/completions", {**direct, **extra}, {}, args.requests, stream)
+            gw_seq = sequential(gateway.url + "/v1/chat/completions", {**via, **extra}, user, args.requests, stream)
+            stub_load = wrk(stub_url + "/v1/chat/completions", seconds=args.seconds,
+                            script=lua_file({**direct, **extra}, {}))
+            gw_load = wrk(gateway.url + "/v1/chat/completions", seconds=args.seconds,
+                          script=lua_file({**via, **extra}, user))
+            rows.append(("stream" if stream else "non-stream", stub_seq, gw_seq, stub_load, gw_load))
+        print("one gateway worker, persistence + tracing on; stub upstream on loopback")
+        print(f"{'mode':11} {'added p50 ms':>12} {'added p99 ms':>12} {'ttfb p50 ms':>11} "
+              f"{'stub req/s c32':>15} {'gateway req/s c32':>18} {'non-2xx':>8}")
+        for mode, stub_seq, gw_seq, stub_load, gw_load in rows:
+            ttfb = f"{gw_seq['ttfb_p50']:.2f}" if gw_seq["ttfb_p50"] is not None else "-"
+            print(f"{mode:11} {gw_seq['p50'] - stub_seq['p50']:12.2f} {gw_seq['p99'] - stub_seq['p99']:12.2f} "
+                  f"{ttfb:>11} {stub_load['rps']:15.0f} {gw_load['rps']:18.0f} {gw_load['errors']:8d}")
+        traces = httpx.get(gateway.url + "/v1/traces", headers=admin, params={"limit": 1}).json()["total"]
+        print(f"traces recorded: {traces}")
+    finally:
+        stub.terminate()
+        gateway.stop()
+        database.close()
+
+
+if __name__ == "__main__":
+    main()
