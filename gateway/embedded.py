@@ -18,8 +18,8 @@ def start(data_dir: Path):
     pg_dir.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         # pgserver runs postgres as the `pgserver` user when started as root; it must be able to
-        # reach the directory through every parent.
-        for parent in [pg_dir, *pg_dir.parents]:
+        # reach the directory through every parent (the directory itself must stay 0700).
+        for parent in pg_dir.parents:
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o001)
