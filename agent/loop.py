@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.scrub import scrub
 from domain.tracing import TraceRecorder
 from llm import ChatRequest, Message, ToolCall, Usage
 
@@ -127,7 +128,7 @@ async def _stop(run: Run, message: str) -> AsyncIterator[RunEvent]:
 
 async def _call_tool(run: Run, call: ToolCall) -> tuple[str, bool]:
     started = time.perf_counter()
-    arguments = json.dumps(call.arguments, ensure_ascii=False)
+    arguments = scrub(json.dumps(call.arguments, ensure_ascii=False))  # spans never keep credentials
     if run.tools is None:
         content, is_error = f"unknown tool: {call.name}", True
     else:
