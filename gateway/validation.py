@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import typing as t
 
 from connexion.exceptions import BadRequestProblem
@@ -31,10 +32,14 @@ def _validator_for(schema: dict) -> Draft4Validator:
 REPLACEMENT = "\ufffd"
 
 
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def replace_nul(value: t.Any) -> t.Any:
-    """PostgreSQL text cannot hold U+0000, so it becomes U+FFFD (documented in README)."""
+    """PostgreSQL text cannot hold U+0000, and UTF-8 cannot hold a lone surrogate (JSON's
+    `\\ud800`), so both become U+FFFD (documented in README)."""
     if isinstance(value, str):
-        return value.replace("\x00", REPLACEMENT) if "\x00" in value else value
+        return UNSTORABLE.sub(REPLACEMENT, value) if UNSTORABLE.search(value) else value
     if isinstance(value, dict):
         return {replace_nul(k): replace_nul(v) for k, v in value.items()}
     if isinstance(value, list):
