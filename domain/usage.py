@@ -7,6 +7,7 @@ their own tenant's rows."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -174,18 +175,21 @@ async def get_trace(principal: Principal, trace_id: str) -> dict:
     return {"trace": trace, "spans": spans, "messages": messages}
 
 
-def _range(start: str | None, end: str | None, default: timedelta) -> tuple[datetime, datetime]:
-    now = datetime.now(UTC)
+def parse_time(text: str) -> datetime:
+    """RFC 3339 / ISO 8601; fractions beyond microseconds are cut, a missing zone means UTC."""
+    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", text.strip())
     try:
-        until = datetime.fromisoformat(end) if end else now
-        since = datetime.fromisoformat(start) if start else until - default
+        moment = datetime.fromisoformat(cleaned.replace("z", "Z"))
     except ValueError:
-        raise bad_request("from/to must be ISO 8601 date-times") from None
-    since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    until = until if until.tzinfo else until.replace(tzinfo=UTC)
-    if since >= until:
-        raise bad_request("from must be before to")
-    return since, until
+        raise bad_request(f"not an ISO 8601 date-time: {text[:40]}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _range(start: str | None, end: str | None, default: timedelta) -> tuple[datetime, datetime]:
+    """The [from, to) window; an empty or inverted window simply holds no data."""
+    until = parse_time(end) if end else datetime.now(UTC)
+    since = parse_time(start) if start else until - default
+    return since, max(since, until)
 
 
 async def cost_summary(principal: Principal, start: str | None, end: str | None, agent_id: str | None) -> dict:

@@ -22,6 +22,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.no_access": "no access to this {0}",
         "error.internal": "internal error: {0}",
         "error.rate_limit": "rate limit exceeded — please wait",
+        "error.no_user_message": "no user message found: send at least one non-empty user message",
+        "error.agent_inactive": "agent {0} is {1}; activate it to chat",
         "error.method_not_allowed": "method not allowed",
         "error.route_not_found": "no such route: {0}",
         "error.not_implemented": "not implemented yet: {0}",

@@ -17,7 +17,19 @@ def implemented_operations(admin) -> list[str]:
     return [f"{r['method']} {r['path']}" for r in routes if r["implemented"]]
 
 
-def test_schemathesis_finds_nothing(gateway, admin, tmp_path):
+def seed_default_agent(admin, llm_stub) -> None:
+    """A `default` agent on the stub upstream, so chat and wake are exercised, not just 404."""
+    if admin.get("/v1/agents/default", headers={"X-GoClaw-User-Id": "fuzz"}).status_code == 200:
+        return
+    admin.post("/v1/providers", json={"name": "fuzz-stub", "provider_type": "openai_compat",
+                                      "api_base": llm_stub.openai_base, "api_key": "sk-fuzz"})
+    created = admin.post("/v1/agents", headers={"X-GoClaw-User-Id": "fuzz"},
+                         json={"name": "default", "provider": "fuzz-stub", "model": "gpt-4o-mini"})
+    assert created.status_code == 201, created.text
+
+
+def test_schemathesis_finds_nothing(gateway, admin, llm_stub, tmp_path):
+    seed_default_agent(admin, llm_stub)
     examples = os.environ.get("GOCLAW_FUZZ_EXAMPLES", "30")
     operations = implemented_operations(admin)
     command = [
