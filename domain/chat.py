@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+from agent import skills
 from agent.loop import Run, RunEvent, run_loop
 from agent.tools import ToolContext, tools_for_agent
 from auth import Principal
@@ -59,17 +60,19 @@ def upstream_error(exc: UpstreamError) -> ApiError:
     return ApiError(502, "error.upstream", exc.message)
 
 
-async def _tools_for(principal: Principal, agent: dict):
-    """The agent's ToolSet and its context, or (None, None) when the agent has no tools."""
+async def _equipment(principal: Principal, agent: dict) -> tuple[object | None, object | None, str]:
+    """The agent's ToolSet and its context ((None, None) without tools) and its skills prompt.
+    Building them reads several tables, so they are cached briefly and dropped on any change."""
     key = (agent["id"], agent["updated_at"], principal.user_id)
-    toolset = _toolsets.get(key)
-    if toolset is None:
-        toolset = await tools_for_agent(principal, agent)
-        _toolsets.set(key, toolset)
+    cached = _toolsets.get(key)
+    if cached is None:
+        cached = (await tools_for_agent(principal, agent), await skills.skills_prompt(principal, agent))
+        _toolsets.set(key, cached)
+    toolset, skills_prompt = cached
     if not toolset.specs():
-        return None, None
+        return None, None, skills_prompt
     workspace = agent_root(agent["agent_key"], principal.user_id)
-    return toolset, ToolContext(principal=principal, agent=agent, workspace=workspace)
+    return toolset, ToolContext(principal=principal, agent=agent, workspace=workspace), skills_prompt
 
 
 async def start_run(
@@ -77,7 +80,9 @@ async def start_run(
     stream: bool, max_tokens: int | None = None, temperature: float | None = None,
 ) -> Run:
     adapter, provider = await providers.get_adapter(agent["provider"])
+    tools, tool_context, skills_prompt = await _equipment(principal, agent)
     system_parts = [agent["system_prompt"]] if agent.get("system_prompt") else []
+    system_parts += [skills_prompt] if skills_prompt else []
     system_parts += [m.content for m in messages if m.role == "system" and m.content]
     conversation = [m for m in messages if m.role != "system"]
     last_user = next((m.content for m in reversed(conversation) if m.role == "user"), "")
@@ -85,7 +90,6 @@ async def start_run(
     recorder = TraceRecorder(
         agent=agent, user_id=principal.user_id, session_key=key, channel=channel, input_text=last_user,
     )
-    tools, tool_context = await _tools_for(principal, agent)
     return Run(
         adapter=adapter, provider=provider["name"], model=agent["model"] or provider.get("default_model") or "",
         system="\n\n".join(system_parts) or None, messages=conversation, recorder=recorder, tools=tools,
