@@ -33,11 +33,15 @@ class BatchWriter:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.dropped = 0
+        self._added = 0  # writes ever queued (dropped ones included)
+        self._written = 0  # writes ever taken off the queue (written, refused or dropped)
 
     def add(self, sql: str, params: Sequence[Any]) -> None:
         self._queue.append((sql, params))
+        self._added += 1
         if len(self._queue) > MAX_QUEUED:
             del self._queue[0]
+            self._written += 1
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 log.error("write-behind queue full; dropped %d writes so far", self.dropped)
@@ -49,10 +53,13 @@ class BatchWriter:
         return len(self._queue)
 
     async def flush(self) -> None:
-        """Commit everything queued so far (callers needing read-your-writes await this)."""
+        """Commit everything queued before this call (callers needing read-your-writes await
+        this). Writes queued meanwhile wait for the next flush, so under steady load a caller
+        never waits for more than what was there when it asked."""
+        target = self._added
         async with self._lock:
-            while self._queue:
-                batch = self._queue[: self.max_batch]
+            while self._queue and self._written < target:
+                batch = self._queue[: min(self.max_batch, target - self._written)]
                 try:
                     await self._write(batch)
                 except ApiError as exc:
@@ -62,6 +69,7 @@ class BatchWriter:
                 except psycopg.Error:
                     await self._write_one_by_one(batch)
                 del self._queue[: len(batch)]
+                self._written += len(batch)
 
     async def _write(self, batch: list[tuple[str, Sequence[Any]]]) -> None:
         async with db.transaction() as conn:
@@ -105,7 +113,8 @@ class BatchWriter:
         for _ in range(attempts):
             try:
                 await self.flush()
-                return
+                if not self._queue:
+                    return
             except Exception:
                 await asyncio.sleep(0.25)
         if self._queue:

@@ -164,8 +164,13 @@ async def prepare_completion(principal: Principal, body: dict, headers) -> tuple
     if not any(m.role == "user" and m.content.strip() for m in messages):
         raise ApiError(400, "error.no_user_message")
     agent = await cached_agent(principal, agent_ref(body.get("model"), headers.get("x-goclaw-agent-id")))
+    session_key = headers.get("x-goclaw-session-key")
+    if session_key:  # another tenant's session: 404, never append this turn to it (as chat.send)
+        existing = await sessions.owner(session_key)
+        if existing is not None and not principal.is_admin and existing["user_id"] != principal.user_id:
+            raise ApiError(404, "error.not_found", "session", session_key)
     run = await start_run(
-        principal, agent, messages, channel="http", session_key=headers.get("x-goclaw-session-key"),
+        principal, agent, messages, channel="http", session_key=session_key,
         stream=bool(body.get("stream")), max_tokens=body.get("max_tokens") or body.get("max_completion_tokens"),
         temperature=body.get("temperature"),
     )

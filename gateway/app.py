@@ -17,9 +17,10 @@ from connexion.middleware.security import SecurityMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
 
 import db
+from agent import mcp as mcp_sessions
 from auth.security import SECURITY_MAP
 from db import bus
-from gateway import state
+from gateway import netguard, state
 from gateway.docs import DocsAndSpec
 from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, ReplaceNul
 from gateway.settings import Settings, load_settings
@@ -57,7 +58,7 @@ async def lifespan(_app):
     bus.subscribe("api_keys", state.key_cache.clear)
     bus.start(settings.postgres_dsn)
     flusher = asyncio.create_task(state.key_cache.run_flusher(), name="goclaw-last-used")
-    state.http = create_http_client()
+    state.http = create_http_client(transport=lambda limits: netguard.GuardedTransport(limits=limits))
     state.writer.start()
     try:
         await ws_server.start()  # WebSocket RPC on GOCLAW_WS_PORT, same loop and pool
@@ -66,6 +67,7 @@ async def lifespan(_app):
         await ws_server.stop()
         await state.writer.close()
         flusher.cancel()
+        await mcp_sessions.shutdown()
         await close_http_client(state.http)
         await state.key_cache.flush_last_used()
         await bus.stop()

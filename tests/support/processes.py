@@ -67,6 +67,7 @@ class Gateway:
     url: str
     process: subprocess.Popen
     log_path: Path
+    ws_url: str = ""  # the WebSocket RPC endpoint (GOCLAW_WS_PORT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -121,4 +122,4 @@ def start_gateway(dsn: str, workdir: Path, **env_overrides: str) -> Gateway:
     if not wait_until(ready, timeout=30):
         process.kill()
         raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
-    return Gateway(url, process, log_path)
+    return Gateway(url, process, log_path, f"ws://127.0.0.1:{env['GOCLAW_WS_PORT']}/ws")
