@@ -48,8 +48,6 @@ async def _chunks(path, start: int, length: int):
 
 async def get_media_by_id(principal: Principal, id: str, token: str | None = None):
     """`token` is read by the security handler (for <img src="…?token=…">); nothing to do here."""
-    if id == "upload":  # the literal path /v1/media/upload exists, for POST only
-        raise ApiError(405, "error.method_not_allowed", headers={"Allow": "POST"})
     row = await media.get_media(principal, id)
     headers = request.headers
     validators = media.cache_headers(row)

@@ -100,7 +100,7 @@ def test_a_provider_is_addressed_by_uuid_and_anything_else_is_400(admin):
         admin.post(f"/v1/providers/{provider['name']}/verify", json={}),
     ):
         assert response.status_code == 400
-        assert response.json() == {"error": "invalid provider ID"}
+        assert response.json() == {"error": f"invalid path parameter 'id': '{provider['name']}' is not a 'uuid'"}
     assert admin.delete(url).json() == {"status": "deleted", "id": provider["id"], "name": provider["name"]}
 
 
