@@ -26,8 +26,9 @@ def role_from_scopes(scopes: frozenset[str] | set[str] | list[str]) -> Role:
 
 
 def required_role(method: str, path: str) -> Role:
-    """The HTTP role ladder: API-key management is admin, reads viewer, everything else operator."""
-    if path.startswith("/v1/api-keys"):
+    """The HTTP role ladder: API-key management and the route table are admin, reads viewer,
+    everything else operator."""
+    if path.startswith("/v1/api-keys") or path == "/v1/system/routes":
         return Role.ADMIN
     if method in ("GET", "HEAD", "OPTIONS"):
         return Role.VIEWER

@@ -36,6 +36,7 @@ from domain.tools import (
     open_map,
     parse_uuid,
     require_admin,
+    require_tenant,
     resolve_agent_ids,
     seal_map,
     visible,
@@ -217,6 +218,7 @@ async def create_server(principal: Principal, body: Any) -> dict:
             raise ApiError(400, "error.required", field)
     if values["transport"] == "stdio":
         require_admin(principal, "add stdio MCP servers (they run commands on the gateway host)")
+    require_tenant(principal)
     merged = {"command": "", "args": [], "url": "", **values}
     await _check_shape(merged)
     headers = check_secret_map("headers", body.get("headers"))

@@ -254,6 +254,10 @@ async def update(principal: Principal, ref: str, body: Any) -> dict:
             }
             if "api_key" in values and values["api_key"] != MASK:
                 params["api_key"] = _seal(values["api_key"])
+            moved = (params["api_base"] or "") != (current["api_base"] or "")
+            if moved and current["api_key"] and params["api_key"] == current["api_key"] and not principal.is_admin:
+                # the stored key goes wherever api_base points: only an admin may send it somewhere new
+                raise bad_request("api_key must be given again to change api_base (the stored key stays with its base)")
             row = await db.fetch_one(UPDATE_SQL, params, conn=conn)
             details = {"name": row["name"], "fields": sorted(values)}
             await activity.record(conn, principal, "provider.updated", "provider", str(row["id"]), details)

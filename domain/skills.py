@@ -37,7 +37,7 @@ from agent.skills import SKILL_FILE, skill_dir, split_frontmatter
 from auth import Principal
 from db import bus
 from domain import activity
-from domain.tools import modifiable, resolve_agent_ids, visible
+from domain.tools import modifiable, require_tenant, resolve_agent_ids, visible
 from gateway import state
 from gateway.errors import ApiError, bad_request, not_found
 
@@ -294,6 +294,7 @@ async def read_upload(file: Any) -> bytes:
 
 
 async def upload(principal: Principal, file: Any) -> dict:
+    require_tenant(principal)
     data = await read_upload(file)
     skills_root = state.settings.data_dir / "skills"
     await asyncio.to_thread(skills_root.mkdir, parents=True, exist_ok=True)

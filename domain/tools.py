@@ -61,7 +61,18 @@ def visible(principal: Principal, owner_id: str) -> bool:
 
 
 def modifiable(principal: Principal, owner_id: str) -> bool:
-    return principal.is_admin or owner_id == principal.user_id
+    """Owner or admin. Shared objects (owner '') are admin-only: a key that names no tenant must
+    not become the owner of everything shared (with authentication disabled, anyone may)."""
+    if principal.is_admin or principal.kind == "anonymous":
+        return True
+    return owner_id != "" and owner_id == principal.user_id
+
+
+def require_tenant(principal: Principal) -> None:
+    """Non-admins create objects for a tenant: without X-GoClaw-User-Id the object would be shared
+    ('' owner) and reach every tenant's agents."""
+    if not principal.is_admin and principal.kind != "anonymous" and not principal.user_id:
+        raise ApiError(400, "error.user_id_header")
 
 
 # --- shared validators (also used by MCP servers) ------------------------------------------------

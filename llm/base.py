@@ -44,18 +44,22 @@ def create_http_client(
     read_timeout: float = 300.0,
     max_connections: int = 200,
     max_keepalive_connections: int = 50,
+    transport: Callable[[httpx.Limits], httpx.AsyncBaseTransport] | None = None,
 ) -> httpx.AsyncClient:
     """Create the process-wide client whose pool all adapters share.
 
     One pool means keep-alive connections are reused across tenants and
     providers instead of a TLS handshake per call. `read_timeout` bounds the
     gap between bytes, so long streams are fine as long as data keeps flowing.
+    `transport(limits)` may supply the transport (the gateway's SSRF-checking one).
     """
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout)
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_keepalive_connections,
     )
+    if transport is not None:
+        return httpx.AsyncClient(timeout=timeout, transport=transport(limits))
     return httpx.AsyncClient(timeout=timeout, limits=limits)
 
 
