@@ -305,7 +305,8 @@ async def _build_adapter(row: dict) -> Adapter:
     if row.get("api_base") and (reason := await guard_api_base(row["api_base"])):
         raise ApiError(502, "error.upstream", reason)
     try:
-        return llm.make_client(row["provider_type"], row.get("api_base") or None, api_key, state.http)
+        timeout = (row.get("settings") or {}).get("timeout_seconds")
+        return llm.make_client(row["provider_type"], row.get("api_base") or None, api_key, state.http, timeout)
     except ValueError as exc:
         raise ApiError(409, "error.conflict", str(exc)) from None
 

@@ -46,14 +46,17 @@ def make_client(
     api_base: str | None,
     api_key: str | None,
     http: httpx.AsyncClient,
+    timeout: float | None = None,
 ) -> Adapter:
     """Build the adapter for a provider row; an empty `api_base` means the
-    type's default. Raises ValueError for an unknown type."""
+    type's default; `timeout` (seconds) overrides the shared client's read
+    timeout for this provider. Raises ValueError for an unknown type."""
     try:
         cls, default_base = PROVIDER_TYPES[provider_type]
     except KeyError:
         raise ValueError(f"unknown provider type: {provider_type!r}") from None
-    return cls(http, _base_for(provider_type, api_base, default_base), api_key or "")
+    limit = httpx.Timeout(10.0, read=timeout) if timeout else None
+    return cls(http, _base_for(provider_type, api_base, default_base), api_key or "", timeout=limit)
 
 
 async def verify(adapter: Adapter, model: str) -> tuple[bool, str | None]:

@@ -225,3 +225,20 @@ def test_rate_limit_per_credential_answers_429_with_retry_after(database, tmp_pa
         assert "error" in second.json()
     finally:
         gw.stop()
+
+
+def test_upstream_timeout_is_504(gateway, admin, llm_stub):
+    suffix = uuid.uuid4().hex[:8]
+    created = admin.post("/v1/providers", json={
+        "name": f"slow-{suffix}", "provider_type": "openai_compat", "api_base": llm_stub.openai_base,
+        "api_key": "sk-slow", "settings": {"timeout_seconds": 1}})
+    assert created.status_code == 201, created.text
+    admin.post("/v1/agents", headers={"X-GoClaw-User-Id": "alice"},
+               json={"name": f"slowbot-{suffix}", "provider": f"slow-{suffix}", "model": "gpt-4o-mini"})
+    llm_stub.reset()
+    llm_stub.script({"wire": "openai", "delay": 5})
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gateway).chat.completions.create(model=f"goclaw:slowbot-{suffix}",
+                                             messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 504
+    llm_stub.reset()
