@@ -356,11 +356,14 @@ def _clean_custom(body: Any, *, partial: bool) -> dict[str, Any]:
     return values
 
 
-def _check_placeholders(argv: list[str], parameters: dict) -> None:
+def _check_placeholders(argv: list[str], parameters: dict, status: int = 400) -> None:
+    """Every {{placeholder}} of the command must be a declared parameter. On update the clash can
+    be with the stored command or parameters (a valid request meeting the current state: 409)."""
     properties = parameters.get("properties") or {}
     missing = sorted(placeholders(argv) - set(properties))
     if missing:
-        raise bad_request(f"command uses {{{{{missing[0]}}}}} but parameters has no property {missing[0]!r}")
+        message = f"command uses {{{{{missing[0]}}}}} but parameters has no property {missing[0]!r}"
+        raise bad_request(message) if status == 400 else ApiError(status, "error.conflict", message)
 
 
 async def _agent_scope(principal: Principal, ref: str | None) -> uuid.UUID | None:
@@ -437,7 +440,8 @@ async def update_custom(principal: Principal, tool_id: str, body: Any) -> dict:
             current = await _custom_row(principal, tool_id, conn=conn, lock=True)
             parameters = values.get("parameters", current["parameters"])
             command = values.get("command", current["command"])
-            _check_placeholders(command, parameters)
+            both_given = {"command", "parameters"} <= set(values)
+            _check_placeholders(command, parameters, status=400 if both_given else 409)
             env_sealed = current["env"]
             if "env" in body:
                 env = check_secret_map("env", body["env"], current=open_map(current["env"], "tool env"))

@@ -22,7 +22,7 @@ from auth.security import SECURITY_MAP
 from db import bus
 from gateway import netguard, state
 from gateway.docs import DocsAndSpec
-from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, ReplaceNul
+from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, LiteralPathMethods, ReplaceNul
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
 from gateway.validation import validator_map
@@ -104,5 +104,5 @@ def create_app(settings: Settings | None = None):
     settings = settings or load_settings()
     app = build_connexion_app(settings, settings.spec_path or SEED_PATH, settings.spec_ext_path or EXT_PATH)
     app = CancelOnDisconnect(app, paths=("/v1/chat/completions",), suffixes=("/wake",))
-    app = BodyLimit(app, settings.max_body_bytes, settings.max_upload_bytes)
-    return DocsAndSpec(ReplaceNul(app), state.document)
+    app = BodyLimit(app, settings.max_body_bytes, settings.max_upload_bytes, settings.body_timeout_s)
+    return DocsAndSpec(ReplaceNul(LiteralPathMethods(app, state.document)), state.document)

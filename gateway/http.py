@@ -6,10 +6,12 @@ import asyncio
 import json
 import logging
 
+import h11
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway import state
 from gateway.errors import ApiError
@@ -71,18 +73,24 @@ ERROR_HANDLERS = (
 
 
 MULTIPART_OVERHEAD = 64 * 1024
+UPLOAD_TIMEOUT_FACTOR = 10  # uploads may take 10x the body timeout (50 MiB in 300 s ≈ 170 KB/s)
 
 
 class BodyLimit:
     """Refuse request bodies over the limit with 413, by Content-Length or by counting the stream.
     Uploads (multipart) get their own, larger limit. Chunked bodies (no Content-Length) are read
     up to the limit and replayed with a Content-Length, since Connexion's validators treat a body
-    without one as absent."""
+    without one as absent.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
+    The whole body must also arrive within `body_timeout` seconds (uploads: 10x), else 408 and the
+    connection is closed: a client trickling a body (slowloris) cannot hold a request forever.
+    The application then sees a disconnect, so whatever was waiting for the body stops."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_upload_bytes = max_upload_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,6 +101,8 @@ class BodyLimit:
         # the upload limit is on the file; multipart framing (boundaries, part headers) gets headroom,
         # and the media handler enforces the exact file size while streaming
         limit = self.max_upload_bytes + MULTIPART_OVERHEAD if is_upload else self.max_bytes
+        timeout = self.body_timeout * (UPLOAD_TIMEOUT_FACTOR if is_upload else 1)
+        receive, send = _BodyDeadline(receive, send, timeout).wrap()
         declared = headers.get(b"content-length")
         if declared is None and b"chunked" in headers.get(b"transfer-encoding", b""):
             await self._buffer_chunked(scope, receive, send, limit)
@@ -148,6 +158,52 @@ class BodyLimit:
         await self.app({**scope, "headers": headers}, replay, send)
 
 
+class _BodyDeadline:
+    """`receive` with a deadline for the request body. When it passes, a 408 is sent (if nothing
+    was answered yet) with `Connection: close`, the app's own messages are dropped from then on,
+    and the app receives `http.disconnect`. After the last body chunk, `receive` is unchanged (it
+    then only waits for the client to go away, which may take as long as the response)."""
+
+    def __init__(self, receive: Receive, send: Send, timeout: float) -> None:
+        self.receive, self.send, self.timeout = receive, send, timeout
+        self.deadline: float | None = None
+        self.body_done = False
+        self.started = False
+        self.timed_out = False
+
+    def wrap(self) -> tuple[Receive, Send]:
+        return self._receive, self._send
+
+    async def _receive(self) -> Message:
+        if self.timed_out:
+            return {"type": "http.disconnect"}
+        if self.body_done:
+            return await self.receive()
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:
+            self.deadline = loop.time() + self.timeout
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                message = await self.receive()
+        except TimeoutError:
+            self.timed_out = True
+            if not self.started:
+                self.started = True
+                await _send_json(self.send, 408, f"request body not received within {self.timeout:g} s",
+                                 [(b"connection", b"close")])
+            return {"type": "http.disconnect"}
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True
+        return message
+
+    async def _send(self, message: Message) -> None:
+        if self.timed_out:
+            return  # the 408 has been sent; the app's late answer has nowhere to go
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class BodyTooLarge(ApiError):
     """Raised from `receive` mid-stream; Connexion's error handling turns it into a 413."""
 
@@ -155,16 +211,47 @@ class BodyTooLarge(ApiError):
         super().__init__(413, "error.body_too_large", limit)
 
 
-async def _send_json(send: Send, status: int, message: str) -> None:
+async def _send_json(send: Send, status: int, message: str, extra_headers: list | None = None) -> None:
     body = json.dumps({"error": message}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        *(extra_headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request head (GOCLAW_BODY_TIMEOUT_MS, like
+    the body): uvicorn itself waits forever for a head that never ends (slowloris), and a trickled
+    byte on a kept-alive connection even cancels its keep-alive timer. Selected in `goclaw serve`."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()  # the next request's head gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(state.settings.body_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()  # still no complete request head: drop the connection
 
 
 class ReplaceNul:
@@ -231,3 +318,29 @@ class CancelOnDisconnect:
         finally:
             finished = True
             reader.cancel()
+
+
+class LiteralPathMethods:
+    """A literal path beats a templated one (`/v1/media/upload` is not `/v1/media/{id}`): a
+    method the literal path does not declare is 405 with its Allow header, before routing."""
+
+    def __init__(self, app: ASGIApp, document: dict) -> None:
+        self.app = app
+        self.allowed: dict[str, set[str]] = {}
+        for path, item in document.get("paths", {}).items():
+            if "{" not in path:
+                methods = {m.upper() for m in item if m in ("get", "put", "post", "delete", "patch")}
+                self.allowed[path] = methods | ({"HEAD"} if "GET" in methods else set())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            methods = self.allowed.get(scope["path"])
+            if methods is not None and scope["method"] not in methods:
+                locale = parse_accept_language(dict(scope["headers"]).get(b"accept-language", b"").decode("latin-1"))
+                body = json.dumps({"error": translate(locale, "error.method_not_allowed")}, ensure_ascii=False).encode()
+                await send({"type": "http.response.start", "status": 405, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"allow", ", ".join(sorted(methods)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

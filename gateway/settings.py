@@ -42,6 +42,7 @@ class Settings:
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_timeout_s: float = 5.0
+    body_timeout_s: float = 30.0
     api_key_cache_ttl_s: int = 300
     workers: int = 1
     spec_path: Path | None = None
@@ -78,6 +79,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_pool_min=_int(env, "GOCLAW_DB_POOL_MIN", 2),
         db_pool_max=_int(env, "GOCLAW_DB_POOL_MAX", 10),
         db_timeout_s=float(_int(env, "GOCLAW_DB_TIMEOUT_MS", 5000)) / 1000.0,
+        body_timeout_s=float(_int(env, "GOCLAW_BODY_TIMEOUT_MS", 30000)) / 1000.0,
         api_key_cache_ttl_s=_int(env, "GOCLAW_API_KEY_CACHE_TTL", 300),
         workers=_int(env, "GOCLAW_WORKERS", 1),
         spec_path=Path(env["GOCLAW_SPEC"]) if env.get("GOCLAW_SPEC") else None,

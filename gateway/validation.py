@@ -43,6 +43,19 @@ REPLACEMENT = "\ufffd"
 
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+MAX_JSON_DEPTH = 100  # deeper documents are a 400: nothing legitimate nests further, and recursion must not 500
+
+
+def too_deep(value: t.Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when arrays/objects nest more than `limit` levels (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def replace_nul(value: t.Any) -> t.Any:
@@ -86,6 +99,8 @@ class StrictJSONBodyValidator(JSONRequestBodyValidator):
             raise BadRequestProblem(detail="invalid JSON: body is not valid UTF-8") from None
         except (json.JSONDecodeError, RecursionError) as exc:
             raise BadRequestProblem(detail=f"invalid JSON: {exc}") from None
+        if too_deep(body):
+            raise BadRequestProblem(detail=f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
         return replace_nul(body)
 
 
