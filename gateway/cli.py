@@ -83,7 +83,7 @@ def cmd_serve(settings: Settings, workers: int) -> int:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,
-            http="gateway.http:HeadTimeoutH11",  # uvicorn's h11 with a deadline for request heads
+            http="gateway.http:HeadTimeoutHttpTools",  # uvicorn's httptools with a deadline for request heads
         )
         if workers > 1:
             uvicorn.run("gateway.app:create_app", workers=workers, **config)

@@ -6,12 +6,11 @@ import asyncio
 import json
 import logging
 
-import h11
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import state
 from gateway.errors import ApiError
@@ -224,16 +223,22 @@ async def _send_json(send: Send, status: int, message: str, extra_headers: list 
     await send({"type": "http.response.body", "body": body})
 
 
-class HeadTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol plus a deadline for each request head (GOCLAW_BODY_TIMEOUT_MS, like
-    the body): uvicorn itself waits forever for a head that never ends (slowloris), and a trickled
-    byte on a kept-alive connection even cancels its keep-alive timer. Selected in `goclaw serve`."""
+class HeadTimeoutHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a deadline for each request head (GOCLAW_BODY_TIMEOUT_MS,
+    like the body): uvicorn itself waits forever for a head that never ends (slowloris), and a
+    trickled byte on a kept-alive connection even cancels its keep-alive timer. Selected in
+    `goclaw serve`; httptools rather than h11 because it parses several times faster."""
 
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -250,7 +255,8 @@ class HeadTimeoutH11(H11Protocol):
         self._head_timer = self.loop.call_later(state.settings.body_timeout_s, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.transport.is_closing():
             self.transport.close()  # still no complete request head: drop the connection
 
 
