@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.processes import TEST_TOKEN, Database, free_port, start_gateway, wait_until  # noqa: E402
 
-__all__ = ["ROOT", "TEST_TOKEN", "Database", "free_port", "start_gateway", "wait_until", "wrk", "workdir"]
+__all__ = ["ROOT", "TEST_TOKEN", "Database", "free_port", "start_gateway", "wait_until", "workdir", "wrk"]
 
 
 def workdir() -> Path:

@@ -54,8 +54,9 @@ def main() -> None:
         print(f"{'case':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}")
         for name, result in (("bare Starlette hello world", bare), ("gateway GET /health (db ping)", health),
                              ("gateway GET /v1/api-keys (API key, db list)", keys)):
+            failures = f"  non-2xx: {result['errors']}" if result["errors"] else ""
             print(f"{name:44} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} "
-                  f"{result['rps'] / bare['rps']:8.1%}" + (f"  non-2xx: {result['errors']}" if result["errors"] else ""))
+                  f"{result['rps'] / bare['rps']:8.1%}{failures}")
     finally:
         baseline.terminate()
         gateway.stop()

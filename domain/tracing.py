@@ -33,11 +33,7 @@ INSERT INTO spans (id, trace_id, agent_id, span_type, name, start_time, end_time
     tool_call_id, input_preview, output_preview, metadata, created_at)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
-UPSERT_USAGE = """
-INSERT INTO usage_hourly AS u (bucket_hour, agent_id, user_id, provider, model, request_count, llm_call_count,
-    tool_call_count, error_count, input_tokens, output_tokens, total_cost, total_duration_ms)
-VALUES (date_trunc('hour', %s::timestamptz), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (bucket_hour, agent_id, user_id, provider, model) DO UPDATE SET
+ROLLUP_ADD = """
     request_count = u.request_count + EXCLUDED.request_count,
     llm_call_count = u.llm_call_count + EXCLUDED.llm_call_count,
     tool_call_count = u.tool_call_count + EXCLUDED.tool_call_count,
@@ -46,6 +42,22 @@ ON CONFLICT (bucket_hour, agent_id, user_id, provider, model) DO UPDATE SET
     output_tokens = u.output_tokens + EXCLUDED.output_tokens,
     total_cost = u.total_cost + EXCLUDED.total_cost,
     total_duration_ms = u.total_duration_ms + EXCLUDED.total_duration_ms
+"""
+ROLLUP_COUNTS = """request_count, llm_call_count, tool_call_count, error_count, input_tokens, output_tokens,
+    total_cost, total_duration_ms"""
+UPSERT_USAGE = f"""
+INSERT INTO usage_hourly AS u (bucket_hour, agent_id, user_id, provider, model, {ROLLUP_COUNTS})
+VALUES (date_trunc('hour', %s::timestamptz), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (bucket_hour, agent_id, user_id, provider, model) DO UPDATE SET {ROLLUP_ADD}
+"""
+UPSERT_USAGE_GLOBAL = f"""
+INSERT INTO usage_hourly_global AS u (bucket_hour, agent_id, provider, model, {ROLLUP_COUNTS})
+VALUES (date_trunc('hour', %s::timestamptz), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (bucket_hour, agent_id, provider, model) DO UPDATE SET {ROLLUP_ADD}
+"""
+MARK_ACTIVE_USER = """
+INSERT INTO usage_daily_users (day, user_id, agent_id) VALUES ((%s::timestamptz AT TIME ZONE 'UTC')::date, %s, %s)
+ON CONFLICT DO NOTHING
 """
 
 
@@ -172,13 +184,16 @@ class TraceRecorder:
             per_model[(self.agent.get("provider") or "", self.agent.get("model") or "")] = []
         for index, ((provider, model), spans) in enumerate(per_model.items()):
             first = index == 0  # the request itself is counted once, on its first model's row
-            writer.add(UPSERT_USAGE, (
-                self.started, agent_id, self.user_id, provider, model,
+            counts = (
                 1 if first else 0, len(spans), tool_calls if first else 0,
                 1 if first and status == "error" else 0,
                 sum(s.usage.input_tokens for s in spans), sum(s.usage.output_tokens for s in spans),
                 sum((s.cost for s in spans), Decimal(0)), duration if first else 0,
-            ))
+            )
+            writer.add(UPSERT_USAGE, (self.started, agent_id, self.user_id, provider, model, *counts))
+            writer.add(UPSERT_USAGE_GLOBAL, (self.started, agent_id, provider, model, *counts))
+        if self.user_id:
+            writer.add(MARK_ACTIVE_USER, (self.started, self.user_id, agent_id))
 
 
 def _span_metadata(span: Span) -> dict[str, Any]:

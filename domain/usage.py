@@ -50,33 +50,43 @@ TRACE_MESSAGES = """
 SELECT role, content, tool_calls, tool_call_id, created_at FROM session_messages WHERE run_id = %s ORDER BY id
 """
 
-ROLLUP_FILTER = """
-WHERE bucket_hour >= %(start)s AND bucket_hour < %(end)s
-  AND (%(tenant)s::text IS NULL OR user_id = %(tenant)s)
-  AND (%(agent_id)s::uuid IS NULL OR agent_id = %(agent_id)s)
-"""
-COSTS = f"""
+# Rollup rows in a window: admins read the global rollup (no user dimension, few rows), tenants
+# the per-user rollup through its (user_id, bucket_hour) index.
+ROLLUP_ROWS = {
+    "global": """SELECT * FROM usage_hourly_global
+        WHERE bucket_hour >= %(start)s AND bucket_hour < %(end)s
+          AND (%(agent_id)s::uuid IS NULL OR agent_id = %(agent_id)s)""",
+    "tenant": """SELECT * FROM usage_hourly
+        WHERE user_id = %(tenant)s AND bucket_hour >= %(start)s AND bucket_hour < %(end)s
+          AND (%(agent_id)s::uuid IS NULL OR agent_id = %(agent_id)s)""",
+}
+COSTS = {scope: f"""
 SELECT nullif(u.agent_id, '00000000-0000-0000-0000-000000000000') AS agent_id, a.agent_key, u.provider, u.model,
        sum(u.total_cost)::float8 AS total_cost, sum(u.input_tokens)::bigint AS input_tokens,
        sum(u.output_tokens)::bigint AS output_tokens, sum(u.llm_call_count)::bigint AS llm_calls,
        sum(u.request_count)::bigint AS requests
-FROM usage_hourly u LEFT JOIN agents a ON a.id = u.agent_id {ROLLUP_FILTER.replace("bucket_hour", "u.bucket_hour")}
+FROM ({rows}) u LEFT JOIN agents a ON a.id = u.agent_id
 GROUP BY 1, 2, 3, 4 ORDER BY total_cost DESC, requests DESC
+""" for scope, rows in ROLLUP_ROWS.items()}
+SUMMARY = {scope: f"""
+SELECT coalesce(sum(request_count), 0)::bigint AS requests, coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(output_tokens), 0)::bigint AS output_tokens, coalesce(sum(total_cost), 0)::float8 AS cost,
+       coalesce(sum(error_count), 0)::bigint AS errors, coalesce(sum(llm_call_count), 0)::bigint AS llm_calls,
+       coalesce(sum(tool_call_count), 0)::bigint AS tool_calls,
+       coalesce(sum(total_duration_ms) / nullif(sum(request_count), 0), 0)::float8 AS avg_duration_ms
+FROM ({rows}) u
+""" for scope, rows in ROLLUP_ROWS.items()}
+ACTIVE_USERS = """
+SELECT count(DISTINCT user_id) AS n FROM usage_daily_users
+WHERE day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+  AND day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date + 1
+  AND (%(agent_id)s::uuid IS NULL OR agent_id = %(agent_id)s)
 """
-TOTALS_FIELDS = """
-coalesce(sum(request_count), 0)::bigint AS requests, coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
-coalesce(sum(output_tokens), 0)::bigint AS output_tokens, coalesce(sum(total_cost), 0)::float8 AS cost,
-coalesce(sum(error_count), 0)::bigint AS errors, coalesce(sum(llm_call_count), 0)::bigint AS llm_calls,
-coalesce(sum(tool_call_count), 0)::bigint AS tool_calls,
-coalesce(sum(total_duration_ms) / nullif(sum(request_count), 0), 0)::float8 AS avg_duration_ms,
-count(DISTINCT nullif(user_id, '')) FILTER (WHERE request_count > 0)::bigint AS unique_users
-"""
-SUMMARY = f"SELECT {TOTALS_FIELDS} FROM usage_hourly {ROLLUP_FILTER}"
-SERIES_FROM_ROLLUP = f"""
+SERIES_FROM_ROLLUP = {scope: f"""
 WITH buckets AS (
     SELECT generate_series(%(start)s::timestamptz, %(end)s::timestamptz - %(step)s::interval, %(step)s::interval) AS b
 ), rows AS (
-    SELECT date_bin(%(step)s::interval, bucket_hour, %(start)s::timestamptz) AS b, * FROM usage_hourly {ROLLUP_FILTER}
+    SELECT date_bin(%(step)s::interval, bucket_hour, %(start)s::timestamptz) AS b, * FROM ({rows}) u
 )
 SELECT buckets.b AS bucket_time,
        coalesce(sum(rows.request_count), 0)::bigint AS request_count,
@@ -89,7 +99,7 @@ SELECT buckets.b AS bucket_time,
        coalesce(sum(rows.total_duration_ms) / nullif(sum(rows.request_count), 0), 0)::float8 AS avg_duration_ms
 FROM buckets LEFT JOIN rows ON rows.b = buckets.b
 GROUP BY buckets.b ORDER BY buckets.b
-"""
+""" for scope, rows in ROLLUP_ROWS.items()}
 SERIES_FROM_TRACES = """
 WITH buckets AS (
     SELECT generate_series(%(start)s::timestamptz, %(end)s::timestamptz - %(step)s::interval, %(step)s::interval) AS b
@@ -137,6 +147,19 @@ SUMMARY_PERIODS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": t
 
 def _tenant(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.user_id
+
+
+def _scope(principal: Principal) -> str:
+    return "global" if principal.is_admin else "tenant"
+
+
+async def _totals(principal: Principal, params: dict) -> dict:
+    totals = await db.fetch_one(SUMMARY[_scope(principal)], params)
+    if principal.is_admin:
+        totals["unique_users"] = (await db.fetch_one(ACTIVE_USERS, params))["n"]
+    else:
+        totals["unique_users"] = 1 if totals["requests"] else 0
+    return totals
 
 
 def _uuid(value: str | None, what: str) -> uuid.UUID | None:
@@ -195,7 +218,7 @@ def _range(start: str | None, end: str | None, default: timedelta) -> tuple[date
 async def cost_summary(principal: Principal, start: str | None, end: str | None, agent_id: str | None) -> dict:
     since, until = _range(start, end, timedelta(days=30))
     params = {"start": _hour(since), "end": until, "tenant": _tenant(principal), "agent_id": _uuid(agent_id, "agent")}
-    rows = await db.fetch_all(COSTS, params)
+    rows = await db.fetch_all(COSTS[_scope(principal)], params)
     return {"rows": rows, "total_cost": sum(r["total_cost"] for r in rows), "from": since, "to": until}
 
 
@@ -211,7 +234,8 @@ async def timeseries(principal: Principal, period: str | None, agent_id: str | N
             end = end.replace(hour=0) + timedelta(days=1)
     params = {"start": end - window, "end": end, "step": step, "tenant": _tenant(principal),
               "agent_id": _uuid(agent_id, "agent")}
-    rows = await db.fetch_all(SERIES_FROM_TRACES if source == "traces" else SERIES_FROM_ROLLUP, params)
+    query = SERIES_FROM_TRACES if source == "traces" else SERIES_FROM_ROLLUP[_scope(principal)]
+    rows = await db.fetch_all(query, params)
     return {"period": period, "bucket_seconds": int(step.total_seconds()), "points": rows}
 
 
@@ -227,8 +251,8 @@ async def summary(principal: Principal, period: str | None, agent_id: str | None
         start = _hour(now - window) + timedelta(hours=1)
     end = _hour(now) + timedelta(hours=1)
     base = {"tenant": _tenant(principal), "agent_id": _uuid(agent_id, "agent")}
-    current = await db.fetch_one(SUMMARY, {**base, "start": start, "end": end})
-    previous = await db.fetch_one(SUMMARY, {**base, "start": start - window, "end": start})
+    current = await _totals(principal, {**base, "start": start, "end": end})
+    previous = await _totals(principal, {**base, "start": start - window, "end": start})
     return {"period": period, "from": start, "to": end, "current": current, "previous": previous}
 
 
