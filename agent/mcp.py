@@ -147,7 +147,8 @@ class Connection:
         from mcp.client.sse import sse_client
         from mcp.client.stdio import stdio_client
         from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        from gateway.netguard import guarded_httpx2_client  # the SSRF check at connect time too
 
         cfg = self.cfg
         if cfg.transport == "stdio":
@@ -157,10 +158,10 @@ class Connection:
             return stdio_client(params, errlog=self._stderr_file)
         if cfg.transport == "sse":
             return sse_client(cfg.url or "", headers=dict(cfg.headers), timeout=cfg.timeout_s,
-                              sse_read_timeout=max(cfg.timeout_s, 300.0))
+                              sse_read_timeout=max(cfg.timeout_s, 300.0), httpx_client_factory=guarded_httpx2_client)
         import httpx2
 
-        http_client = create_mcp_http_client(
+        http_client = guarded_httpx2_client(
             headers=dict(cfg.headers), timeout=httpx2.Timeout(cfg.timeout_s, read=max(cfg.timeout_s, 300.0))
         )
         return streamable_http_client(cfg.url or "", http_client=http_client)

@@ -9,7 +9,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.processes import ROOT, TEST_TOKEN
+import psycopg
+import pytest
+
+from tests.support.client import ApiClient, load_openapi
+from tests.support.processes import ROOT, TEST_TOKEN, start_gateway
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway(database, tmp_path_factory):
+    """A gateway on a database of its own: fuzzing changes global settings (built-in tools, ...)
+    that other tests rely on."""
+    name = database.name + "_fuzz"
+    with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    gw = start_gateway(psycopg.conninfo.make_conninfo(database.dsn, dbname=name), tmp_path_factory.mktemp("fuzz"))
+    yield gw
+    gw.stop()
+    with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def fuzz_admin(fuzz_gateway):
+    client = ApiClient(fuzz_gateway.url, load_openapi(fuzz_gateway.url), token=TEST_TOKEN)
+    yield client
+    client.close()
 
 
 def implemented_operations(admin) -> list[str]:
@@ -28,14 +53,14 @@ def seed_default_agent(admin, llm_stub) -> None:
     assert created.status_code == 201, created.text
 
 
-def test_schemathesis_finds_nothing(gateway, admin, llm_stub, tmp_path):
-    seed_default_agent(admin, llm_stub)
+def test_schemathesis_finds_nothing(fuzz_gateway, fuzz_admin, llm_stub, tmp_path):
+    seed_default_agent(fuzz_admin, llm_stub)
     examples = os.environ.get("GOCLAW_FUZZ_EXAMPLES", "30")
-    operations = implemented_operations(admin)
+    operations = implemented_operations(fuzz_admin)
     command = [
         str(Path(sys.executable).parent / "st"),
         "run",
-        f"{gateway.url}/v1/openapi.json",
+        f"{fuzz_gateway.url}/v1/openapi.json",
         "--header", f"Authorization: Bearer {TEST_TOKEN}",
         "--checks", "all",
         "--max-examples", examples,

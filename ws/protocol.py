@@ -83,5 +83,14 @@ def retry_after_ms(exc: ApiError) -> int | None:
 
 
 def decode(raw: str | bytes) -> Any:
-    """Parse one inbound message (text or binary, both JSON). Raises ValueError."""
-    return json.loads(raw)
+    """Parse one inbound message (text or binary, both JSON). Raises ValueError (also for JSON
+    nested deeper than HTTP bodies may be, which would otherwise end in a RecursionError)."""
+    from gateway.validation import MAX_JSON_DEPTH, too_deep
+
+    try:
+        frame = json.loads(raw)
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
+    if too_deep(frame):
+        raise ValueError(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    return frame

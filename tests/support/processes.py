@@ -98,6 +98,8 @@ def start_gateway(dsn: str, workdir: Path, **env_overrides: str) -> Gateway:
         "GOCLAW_LOG_LEVEL": "warning",
         "GOCLAW_ENCRYPTION_KEY": TEST_ENCRYPTION_KEY,
         "GOCLAW_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8",  # the LLM/MCP stubs live on loopback
+        "GOCLAW_RATE_LIMIT_RPM": "60000",  # tests share credentials; the limiter has its own test
+        "GOCLAW_RATE_LIMIT_BURST": "1000",
         **env_overrides,
     }
     env = {k: v for k, v in env.items() if v is not None and v != "<unset>"}
