@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from httpcore._utils import is_socket_readable
 
 from gateway.errors import ApiError
 
@@ -158,8 +159,9 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
             failure: BaseException | None = None
             for address in addresses:  # exactly the addresses just checked, never a fresh lookup
                 try:
-                    return await self._inner.connect_tcp(address, port, timeout=timeout,
-                                                         local_address=local_address, socket_options=socket_options)
+                    stream = await self._inner.connect_tcp(address, port, timeout=timeout,
+                                                           local_address=local_address, socket_options=socket_options)
+                    return QuickReadableStream(stream)
                 except (core.ConnectError, core.ConnectTimeout) as exc:
                     failure = exc
             raise failure  # type: ignore[misc]
@@ -170,6 +172,33 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
 
         async def sleep(self, seconds: float) -> None:
             await self._inner.sleep(seconds)
+
+    class QuickReadableStream(core.AsyncNetworkStream):
+        """The connection pool asks every pooled connection `is_readable` on every request
+        (to spot ones the server closed); anyio answers through a slow attribute lookup. This
+        keeps the raw socket at hand and answers directly; everything else is the inner stream's."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+            self._socket = inner.get_extra_info("socket")
+
+        async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+            return await self._inner.read(max_bytes, timeout)
+
+        async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+            await self._inner.write(buffer, timeout)
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+        async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                            timeout: float | None = None):  # noqa: ASYNC109
+            return QuickReadableStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+        def get_extra_info(self, info: str) -> Any:
+            if info == "is_readable" and self._socket is not None:
+                return is_socket_readable(self._socket)
+            return self._inner.get_extra_info(info)
 
     return GuardedBackend(inner)
 

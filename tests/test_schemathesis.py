@@ -77,4 +77,5 @@ def test_schemathesis_finds_nothing(fuzz_gateway, fuzz_admin, llm_stub, tmp_path
     result = subprocess.run(command, capture_output=True, text=True, timeout=3000, cwd=ROOT, env=env)
     print(result.stdout[-6000:])
     print(f"schemathesis covered {len(operations)} operations with up to {examples} examples each")
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]
+    failures = result.stdout[result.stdout.find("= FAILURES ="):] if "= FAILURES =" in result.stdout else ""
+    assert result.returncode == 0, (failures or result.stdout)[:20000] + result.stderr[-3000:]
