@@ -12,34 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import httpx
-from common import ROOT, TEST_TOKEN, Database, free_port, start_gateway, wait_until, workdir, wrk
+from common import TEST_TOKEN, Database, start_gateway, start_stub, workdir, wrk
 
 LUA = """wrk.method = "POST"
 wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
 """
-
-
-def start_stub() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _ok(url + "/_stats"), timeout=15)
-    return process, url
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def sequential(url: str, body: dict, headers: dict, n: int, stream: bool) -> dict:

@@ -9,12 +9,35 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.processes import TEST_TOKEN, Database, free_port, start_gateway, wait_until  # noqa: E402
 
-__all__ = ["ROOT", "TEST_TOKEN", "Database", "free_port", "start_gateway", "wait_until", "workdir", "wrk"]
+__all__ = ["ROOT", "TEST_TOKEN", "Database", "answers", "free_port", "start_gateway", "start_stub", "wait_until",
+           "workdir", "wrk"]
+
+
+def answers(url: str) -> bool:
+    """True once `url` answers 200."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_stub() -> tuple[subprocess.Popen, str]:
+    """The LLM stub upstream (tests/stubs/llm_stub.py) on a free port; returns (process, root URL)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    if not wait_until(lambda: answers(url + "/_stats"), timeout=20):
+        process.kill()
+        raise RuntimeError("the LLM stub did not start")
+    return process, url
 
 
 def workdir() -> Path:

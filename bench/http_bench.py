@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import httpx
-from common import ROOT, TEST_TOKEN, Database, free_port, start_gateway, wait_until, workdir, wrk
+from common import ROOT, TEST_TOKEN, Database, answers, free_port, start_gateway, wait_until, workdir, wrk
 
 
 def bare_starlette() -> tuple[subprocess.Popen, str]:
@@ -23,15 +23,8 @@ def bare_starlette() -> tuple[subprocess.Popen, str]:
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _up(url + "/health"), timeout=15)
+    wait_until(lambda: answers(url + "/health"), timeout=15)
     return process, url
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def main() -> None:

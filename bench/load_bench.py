@@ -21,14 +21,12 @@ import itertools
 import json
 import random
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
 
 import httpx
-from common import ROOT, TEST_TOKEN, Database, free_port, start_gateway, wait_until, workdir
+from common import TEST_TOKEN, Database, start_gateway, start_stub, workdir
 from websockets.asyncio.client import connect
 
 TENANTS = 8
@@ -42,22 +40,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def start_stub() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _ok(url + "/_stats"), timeout=15)
-    return process, url
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def sentence() -> str:

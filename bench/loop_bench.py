@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
 
-import httpx
-from common import ROOT, free_port, wait_until
+from common import start_stub
 
 from agent.loop import Run, run_loop
 from agent.tools import Tool, ToolSet
@@ -91,22 +88,12 @@ async def main_async(args, base: str) -> None:
         await http.aclose()
 
 
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=10)
-    port = free_port()
-    stub = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stub, stub_root = start_stub()
     try:
-        wait_until(lambda: _up(f"http://127.0.0.1:{port}/_stats"), timeout=15)
-        asyncio.run(main_async(parser.parse_args(), f"http://127.0.0.1:{port}/v1"))
+        asyncio.run(main_async(parser.parse_args(), stub_root + "/v1"))
     finally:
         stub.terminate()

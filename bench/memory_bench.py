@@ -33,7 +33,6 @@ import random
 import re
 import statistics
 import struct
-import subprocess
 import sys
 import time
 import uuid
@@ -43,14 +42,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import psycopg  # noqa: E402
+from common import start_stub  # noqa: E402
 
 import db  # noqa: E402
 from auth.principal import Principal, Role  # noqa: E402
 from db.migrate import migrate  # noqa: E402
 from domain import embeddings, memory  # noqa: E402
-from tests.support.processes import Database, free_port, wait_until  # noqa: E402
+from tests.support.processes import Database  # noqa: E402
 
 DIMS = 384
 VECTOR_HEADER = struct.pack(">HH", 384, 0)
@@ -209,20 +208,6 @@ async def bench_search(agents: list[dict], samples: dict, queries: int, rng: ran
 # -- ingest -------------------------------------------------------------------------------------
 
 
-def start_stub() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(url + "/_stats", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    assert wait_until(ready, 20), "stub did not start"
-    return process, url + "/v1"
 
 
 async def bench_ingest(dsn: str, stub_base: str, documents: int, rng: random.Random) -> dict:
@@ -338,7 +323,8 @@ async def main() -> None:
     args = parser.parse_args()
     rng = random.Random(20261128)
     database = Database()
-    stub, stub_base = start_stub()
+    stub, stub_root = start_stub()
+    stub_base = stub_root + "/v1"
     try:
         dsn = database.dsn
         with psycopg.connect(dsn, autocommit=True) as conn:

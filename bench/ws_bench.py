@@ -17,13 +17,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
-from common import ROOT, TEST_TOKEN, Database, free_port, start_gateway, wait_until, workdir
+from common import TEST_TOKEN, Database, start_gateway, start_stub, workdir
 from websockets.asyncio.client import connect
 
 
@@ -103,22 +101,6 @@ async def chat_round_trips(url: str, token: str, agent: str, concurrency: int, m
     return {"messages": len(latencies), "seconds": elapsed, "per_s": len(latencies) / elapsed,
             "p50_ms": statistics.median(latencies) * 1000,
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
-
-
-def start_stub() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.stubs.llm_stub", "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/_stats", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    assert wait_until(up, timeout=20), "the LLM stub did not start"
-    return process, url
 
 
 def main() -> None:
