@@ -259,7 +259,7 @@ async def _sse(run: Run, principal: Principal, agent: dict, model: str, include_
 
 async def wake(principal: Principal, ref: str, message: str, user_id: str | None) -> dict:
     """Run the agent on one message, continuing its wake session, and return the reply."""
-    if not message or not message.strip():
+    if not message:
         raise ApiError(400, "error.required", "message")
     if user_id and not principal.user_id:
         principal = Principal(principal.role, principal.kind, validate_user_id(user_id), principal.scopes,
