@@ -318,9 +318,9 @@ class CancelOnDisconnect:
         try:
             await self.app(scope, queue.get, tracking_send)
         except asyncio.CancelledError:
-            if finished or reader.done() is False:
-                raise
-            # the client left: nothing to answer, and the work has been cancelled
+            if not reader.done() or app_task is None:
+                raise  # cancelled from elsewhere (shutdown): not ours to swallow
+            app_task.uncancel()  # we cancelled it because the client left: nothing to answer
         finally:
             finished = True
             reader.cancel()
