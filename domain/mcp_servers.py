@@ -30,6 +30,7 @@ from auth import Principal
 from db import bus
 from domain import activity
 from domain.tools import (
+    check_runtime_fields,
     check_secret_map,
     masked,
     modifiable,
@@ -146,15 +147,7 @@ def _clean(body: Any) -> dict[str, Any]:
             raise bad_request("tool_prefix must use only a-z, 0-9 and _ (at most 50 characters, "
                               "starting with a letter)")
         values["tool_prefix"] = prefix
-    if "timeout_seconds" in body:
-        timeout = body["timeout_seconds"]
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
-            raise bad_request("timeout_seconds must be an integer between 1 and 300")
-        values["timeout_seconds"] = timeout
-    if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise bad_request("enabled must be a boolean")
-        values["enabled"] = body["enabled"]
+    values.update(check_runtime_fields(body))
     return values
 
 

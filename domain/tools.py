@@ -78,6 +78,21 @@ def require_tenant(principal: Principal) -> None:
 # --- shared validators (also used by MCP servers) ------------------------------------------------
 
 
+def check_runtime_fields(body: dict) -> dict:
+    """`timeout_seconds` (1..300) and `enabled`, as custom tools and MCP servers both take them."""
+    values: dict[str, Any] = {}
+    if "timeout_seconds" in body:
+        timeout = body["timeout_seconds"]
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
+            raise bad_request("timeout_seconds must be an integer between 1 and 300")
+        values["timeout_seconds"] = timeout
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            raise bad_request("enabled must be a boolean")
+        values["enabled"] = body["enabled"]
+    return values
+
+
 def check_secret_map(field: str, value: Any, *, current: dict | None = None) -> dict:
     """A {name: string} map of secrets. "***" keeps the current value of that key."""
     if value is None:
@@ -342,15 +357,7 @@ def _clean_custom(body: Any, *, partial: bool) -> dict[str, Any]:
                                                 else DEFAULT_PARAMETERS)
     if "command" in body:
         values["command"] = check_command(body["command"])
-    if "timeout_seconds" in body:
-        timeout = body["timeout_seconds"]
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 300:
-            raise bad_request("timeout_seconds must be an integer between 1 and 300")
-        values["timeout_seconds"] = timeout
-    if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise bad_request("enabled must be a boolean")
-        values["enabled"] = body["enabled"]
+    values.update(check_runtime_fields(body))
     if "agent_id" in body and body["agent_id"] is not None and not isinstance(body["agent_id"], str):
         raise bad_request("agent_id must be an agent id or key")
     return values
