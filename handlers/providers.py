@@ -1,5 +1,5 @@
 """LLM providers: CRUD (API keys sealed and masked), model listing and verification
-(see domain/providers.py). `{id}` is the UUID or the name."""
+(see domain/providers.py). `{id}` is the provider UUID."""
 
 from auth import Principal
 from domain import providers
