@@ -31,6 +31,7 @@ from gateway.errors import ApiError, bad_request, not_found
 from llm import Message, UpstreamError
 from ws import protocol
 from ws.connection import Connection
+from ws.protocol import text_param
 
 log = logging.getLogger("goclaw.ws")
 
@@ -44,23 +45,12 @@ ERROR_CUT = 2000
 DEFERRED = object()  # a method result meaning "the response is sent later"
 
 
-def _text(params: dict, name: str, *, required: bool = False, limit: int = 500) -> str | None:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(400, "error.required", name)
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise bad_request(f"{name} must be a string of at most {limit} characters")
-    return value
-
-
 def agent_ref(params: dict) -> str:
     """agentId (or agent), else the agent named by an `agent:<id>:…` session key, else default."""
-    ref = _text(params, "agentId", limit=100) or _text(params, "agent", limit=100)
+    ref = text_param(params, "agentId", limit=100) or text_param(params, "agent", limit=100)
     if ref:
         return ref
-    key = _text(params, "sessionKey", limit=sessions.MAX_KEY)
+    key = text_param(params, "sessionKey", limit=sessions.MAX_KEY)
     if key and key.startswith("agent:"):
         parts = key.split(":", 2)
         if len(parts) == 3 and parts[1]:
@@ -230,7 +220,7 @@ async def send(conn: Connection, req_id: str, params: dict) -> Any:
     if len(conn.runs) >= conn.limits.max_runs:
         raise ApiError(429, "error.ws_too_many_runs", conn.limits.max_runs)
     agent = await chat.cached_agent(principal, agent_ref(params))
-    key = _text(params, "sessionKey", limit=sessions.MAX_KEY) or default_key(agent["agent_key"], conn)
+    key = text_param(params, "sessionKey", limit=sessions.MAX_KEY) or default_key(agent["agent_key"], conn)
     sessions.check_key(key)
     cached = histories.get(key)
     existing = {"user_id": cached.owner, "agent_id": cached.agent_id} if cached else await sessions.owner(key)
@@ -383,7 +373,7 @@ def _drain_inbox(entry: runs.ActiveRun, run: Run) -> None:
 async def history(conn: Connection, params: dict) -> dict:
     principal = conn.principal
     assert principal is not None
-    key = _text(params, "sessionKey", limit=sessions.MAX_KEY) or default_key(agent_ref(params), conn)
+    key = text_param(params, "sessionKey", limit=sessions.MAX_KEY) or default_key(agent_ref(params), conn)
     limit = params.get("limit", 200)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
         raise bad_request("limit must be an integer between 1 and 1000")
@@ -394,8 +384,8 @@ async def history(conn: Connection, params: dict) -> dict:
 async def abort(conn: Connection, params: dict) -> dict:
     principal = conn.principal
     assert principal is not None
-    run_id = _text(params, "runId", limit=100)
-    key = _text(params, "sessionKey", limit=sessions.MAX_KEY)
+    run_id = text_param(params, "runId", limit=100)
+    key = text_param(params, "sessionKey", limit=sessions.MAX_KEY)
     if not run_id and not key:
         raise ApiError(400, "error.required", "runId or sessionKey")
     result = await runs.abort(principal, run_id=run_id, session_key=key)
@@ -411,7 +401,7 @@ async def inject(conn: Connection, params: dict) -> dict:
         raise ApiError(400, "error.required", "message")
     if len(message) > MAX_MESSAGE_CHARS:
         raise bad_request(f"message must be at most {MAX_MESSAGE_CHARS} characters")
-    label = _text(params, "label", limit=100)
+    label = text_param(params, "label", limit=100)
     run_id = await runs.inject(principal, key, message)
     if run_id is not None:
         return {"ok": True, "injected": True, "runId": run_id, "messageId": str(uuid.uuid4())}

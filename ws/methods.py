@@ -26,6 +26,7 @@ from gateway.errors import ApiError, bad_request, not_found
 from gateway.i18n import SUPPORTED, translate
 from ws import chat, events, protocol
 from ws.connection import Connection
+from ws.protocol import text_param
 
 log = logging.getLogger("goclaw.ws")
 
@@ -49,17 +50,6 @@ class Method:
 
 
 # ---- parameter helpers ----------------------------------------------------------------------------
-
-def _str(params: dict, name: str, *, required: bool = False, limit: int = 500) -> str | None:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(400, "error.required", name)
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise bad_request(f"{name} must be a string of at most {limit} characters")
-    return value
-
 
 def _int(params: dict, name: str, lo: int, hi: int) -> int | None:
     value = params.get(name)
@@ -180,7 +170,7 @@ def _session_info(row: dict) -> dict:
 async def sessions_list(conn: Connection, params: dict) -> dict:
     await chat.settle()  # read-your-writes: turns are written behind
     listed = await sessions.list_sessions(
-        _principal(conn), _str(params, "agentId", limit=100), _int(params, "limit", 1, 200),
+        _principal(conn), text_param(params, "agentId", limit=100), _int(params, "limit", 1, 200),
         _int(params, "offset", 0, 2_000_000_000),
     )
     return {**listed, "sessions": [_session_info(r) for r in listed["sessions"]]}
@@ -233,7 +223,7 @@ async def agents_list(conn: Connection, params: dict) -> dict:
 
 
 async def agent(conn: Connection, params: dict) -> dict:
-    row = await agents.resolve(_principal(conn), _str(params, "agentId", limit=100) or "default")
+    row = await agents.resolve(_principal(conn), text_param(params, "agentId", limit=100) or "default")
     return _agent_info(row, runs.running_agents())
 
 
@@ -261,9 +251,9 @@ async def models_list(conn: Connection, params: dict) -> dict:
     """The upstream's models (GET /v1/providers/{id}/models) of `provider`, or of the provider
     of `agentId` (default: the default agent)."""
     principal = _principal(conn)
-    ref = _str(params, "provider", limit=100)
+    ref = text_param(params, "provider", limit=100)
     if ref is None:
-        row = await agents.resolve(principal, _str(params, "agentId", limit=100) or "default")
+        row = await agents.resolve(principal, text_param(params, "agentId", limit=100) or "default")
         ref = row["provider"]
         if not ref:
             raise bad_request(f"agent {row['agent_key']} has no provider")
@@ -285,7 +275,7 @@ async def api_keys_list(conn: Connection, params: dict) -> list:
 
 
 async def api_keys_create(conn: Connection, params: dict) -> dict:
-    name = _str(params, "name", required=True, limit=100)
+    name = text_param(params, "name", required=True, limit=100)
     scopes = params.get("scopes")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise bad_request("scopes must be a list of strings")
@@ -294,20 +284,21 @@ async def api_keys_create(conn: Connection, params: dict) -> dict:
 
 
 async def api_keys_revoke(conn: Connection, params: dict) -> dict:
-    return await api_keys.revoke(_principal(conn), _str(params, "id", required=True, limit=100) or "")
+    return await api_keys.revoke(_principal(conn), text_param(params, "id", required=True, limit=100) or "")
 
 
 # ---- channel instances ------------------------------------------------------------------------------
 
 async def instances_list(conn: Connection, params: dict) -> dict:
     return await channels.list_instances(
-        _principal(conn), search=_str(params, "search", limit=200), channel_type=_str(params, "channel_type", limit=50),
+        _principal(conn), search=text_param(params, "search", limit=200),
+        channel_type=text_param(params, "channel_type", limit=50),
         limit=_int(params, "limit", 1, 200), offset=_int(params, "offset", 0, 2_000_000_000),
     )
 
 
 async def instances_get(conn: Connection, params: dict) -> dict:
-    return await channels.get_instance(_principal(conn), _str(params, "id", required=True, limit=100) or "")
+    return await channels.get_instance(_principal(conn), text_param(params, "id", required=True, limit=100) or "")
 
 
 async def instances_create(conn: Connection, params: dict) -> dict:
@@ -316,22 +307,22 @@ async def instances_create(conn: Connection, params: dict) -> dict:
 
 async def instances_update(conn: Connection, params: dict) -> dict:
     """`{id, updates: {...}}` as the reference (the fields beside `id` are accepted too)."""
-    ident = _str(params, "id", required=True, limit=100) or ""
+    ident = text_param(params, "id", required=True, limit=100) or ""
     changes = _object(params, "updates") if "updates" in params else {k: v for k, v in params.items() if k != "id"}
     return await channels.update_instance(_principal(conn), ident, changes)
 
 
 async def instances_delete(conn: Connection, params: dict) -> dict:
-    return await channels.delete_instance(_principal(conn), _str(params, "id", required=True, limit=100) or "")
+    return await channels.delete_instance(_principal(conn), text_param(params, "id", required=True, limit=100) or "")
 
 
 # ---- usage, logs --------------------------------------------------------------------------------------
 
 async def usage_summary(conn: Connection, params: dict) -> dict:
-    period = _str(params, "period", limit=10) or "24h"
+    period = text_param(params, "period", limit=10) or "24h"
     if period != "today" and period not in usage.SUMMARY_PERIODS:
         raise bad_request("period must be one of today, " + ", ".join(usage.SUMMARY_PERIODS))
-    return await usage.summary(_principal(conn), period, _str(params, "agentId", limit=100))
+    return await usage.summary(_principal(conn), period, text_param(params, "agentId", limit=100))
 
 
 async def logs_tail(conn: Connection, params: dict) -> dict:

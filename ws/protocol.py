@@ -7,7 +7,7 @@ from typing import Any
 
 from connexion.jsonifier import JSONEncoder
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, bad_request
 
 PROTOCOL = 3
 SERVER_NAME = "goclaw"
@@ -94,3 +94,16 @@ def decode(raw: str | bytes) -> Any:
     if too_deep(frame):
         raise ValueError(f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     return frame
+
+
+def text_param(params: dict, name: str, *, required: bool = False, limit: int = 500) -> str | None:
+    """A string parameter of a request: None when absent or empty (400 if required), 400 when it
+    is not a string or longer than `limit`."""
+    value = params.get(name)
+    if value is None or value == "":
+        if required:
+            raise ApiError(400, "error.required", name)
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise bad_request(f"{name} must be a string of at most {limit} characters")
+    return value
