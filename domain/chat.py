@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -158,8 +159,7 @@ async def prepare_completion(principal: Principal, body: dict, headers) -> tuple
     state.chat_limiter.check(credential_key(principal))
     user_id = principal.user_id or validate_user_id(body.get("user"))
     if user_id != principal.user_id:
-        principal = Principal(principal.role, principal.kind, user_id, principal.scopes, principal.key_id,
-                              principal.ip, principal.owner)
+        principal = dataclasses.replace(principal, user_id=user_id)
     messages = parse_messages(body["messages"])
     if not any(m.role == "user" and m.content.strip() for m in messages):
         raise ApiError(400, "error.no_user_message")
@@ -262,8 +262,7 @@ async def wake(principal: Principal, ref: str, message: str, user_id: str | None
     if not message:
         raise ApiError(400, "error.required", "message")
     if user_id and not principal.user_id:
-        principal = Principal(principal.role, principal.kind, validate_user_id(user_id), principal.scopes,
-                              principal.key_id, principal.ip, principal.owner)
+        principal = dataclasses.replace(principal, user_id=validate_user_id(user_id))
     state.chat_limiter.check(credential_key(principal))
     agent = await cached_agent(principal, ref)
     key = sessions.session_key(agent["agent_key"], "wake", principal.user_id)
