@@ -74,7 +74,9 @@ def test_schemathesis_finds_nothing(fuzz_gateway, fuzz_admin, llm_stub, tmp_path
     for operation in operations:
         command += ["--include-name", operation]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.st_hooks", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3000, cwd=ROOT, env=env)
+    # 30 examples take ~2 minutes; `make fuzz` (1,000) about an hour on 2 cores: bound it by the example count.
+    timeout = max(3000, int(examples) * 9)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     print(result.stdout[-6000:])
     print(f"schemathesis covered {len(operations)} operations with up to {examples} examples each")
     failures = result.stdout[result.stdout.find("= FAILURES ="):] if "= FAILURES =" in result.stdout else ""
