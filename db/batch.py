@@ -1,6 +1,9 @@
 """Write-behind for data that must not slow the response path (traces, spans, usage rollups,
-chat transcripts, ...). Writes are queued in order and committed in batches: consecutive
-statements with the same SQL become one `executemany`, the whole batch one transaction.
+chat transcripts, ...). Writes are queued and committed in batches, the whole batch one
+transaction: all rows of one SQL statement become one `executemany`, statements run in the order
+each first appeared in the batch, rows in the order they were queued. So queued writes must be
+inserts/upserts whose parents are queued first (a session before its messages, a trace before
+its spans) — never an update of a row a later statement of the same batch inserts.
 
 If a batch fails because the database is unreachable, it stays queued and is retried. If it fails
 because of one bad row, the rows are retried one by one and only the bad one is dropped (logged).
@@ -11,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from itertools import groupby
 from typing import Any
 
 import psycopg
@@ -72,10 +74,12 @@ class BatchWriter:
                 self._written += len(batch)
 
     async def _write(self, batch: list[tuple[str, Sequence[Any]]]) -> None:
-        async with db.transaction() as conn:
-            for sql, group in groupby(batch, key=lambda item: item[0]):
-                async with conn.cursor() as cur:
-                    await cur.executemany(sql, [params for _, params in group])
+        rows_by_sql: dict[str, list[Sequence[Any]]] = {}
+        for sql, params in batch:
+            rows_by_sql.setdefault(sql, []).append(params)
+        async with db.transaction() as conn, conn.cursor() as cur:
+            for sql, rows in rows_by_sql.items():
+                await cur.executemany(sql, rows)
 
     async def _write_one_by_one(self, batch: list[tuple[str, Sequence[Any]]]) -> None:
         for sql, params in batch:

@@ -33,6 +33,7 @@ import httpx
 from httpcore._utils import is_socket_readable
 
 from gateway.errors import ApiError
+from llm.pool import LifoPool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -204,22 +205,18 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the SSRF check at connect time (see the module docstring)."""
+    """httpx's transport with the SSRF check at connect time (see the module docstring), over
+    the LIFO keep-alive pool of `llm.pool` instead of httpcore's (HTTP/1.1 only)."""
 
-    def __init__(self, *, verify: Any = True, http2: bool = False, limits: httpx.Limits | None = None,
-                 retries: int = 0, inner_backend: Any = None) -> None:
+    def __init__(self, *, verify: Any = True, limits: httpx.Limits | None = None, inner_backend: Any = None) -> None:
         import httpcore
 
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        super().__init__(verify=verify, http2=http2, limits=limits, retries=retries, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
+        self._pool = LifoPool(  # everything httpx's own __init__ would set up is this pool
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
+            max_connections=limits.max_connections or 100,
+            max_keepalive_connections=limits.max_keepalive_connections or 20,
             keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=http2,
-            retries=retries,
             network_backend=guarded_backend(httpcore, AddressRefused, inner_backend),
         )
 

@@ -1,0 +1,172 @@
+"""The upstream connection pool: keep-alive HTTP/1.1 connections per origin, reused last-in first-out.
+
+httpcore's own pool re-examines every pooled connection (and every waiting request) on each
+request and each response close, under one lock; with a few dozen keep-alive connections to one
+LLM provider that scan was the largest cost of a chat completion. This pool does the same job
+with a stack per origin: a request pops the most recently used idle connection (one readability
+check to spot a connection the server closed), or opens a new one while fewer than
+`max_connections` exist; a closed response pushes its connection back if it can be reused.
+
+The HTTP/1.1 protocol, connecting (through the SSRF-checking network backend), TLS and timeouts
+stay httpcore's: each connection is an `httpcore.AsyncHTTPConnection`. The pool speaks httpcore's
+request interface, so `httpx.AsyncHTTPTransport` (error mapping, streaming) wraps it unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpcore
+
+Origin = httpcore.Origin
+
+
+class LifoPool:
+    """Speaks httpcore's request interface (`handle_async_request`, `aclose`)."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        max_connections: int,
+        max_keepalive_connections: int,
+        keepalive_expiry: float | None,
+        network_backend: httpcore.AsyncNetworkBackend,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._keepalive_expiry = keepalive_expiry
+        self._max_idle = max_keepalive_connections
+        self._backend = network_backend
+        self._slots = asyncio.Semaphore(max_connections)  # one per open connection, idle or busy
+        self._idle: dict[tuple, list[httpcore.AsyncHTTPConnection]] = {}  # by (scheme, host, port)
+        self._idle_count = 0
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        scheme = request.url.scheme
+        if scheme not in (b"http", b"https"):
+            raise httpcore.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode(errors='replace')!r}")
+        origin = request.url.origin
+        wait = request.extensions.get("timeout", {}).get("pool")
+        while True:
+            connection = self._reuse(origin) or await self._open(origin, wait)
+            try:
+                response = await connection.handle_async_request(request)
+            except httpcore.ConnectionNotAvailable:
+                await self._discard(connection)  # closed under us: try another one
+                continue
+            except BaseException:
+                await self._discard(connection)
+                raise
+            return httpcore.Response(
+                status=response.status,
+                headers=response.headers,
+                content=_Released(response.stream, self, origin, connection),
+                extensions=response.extensions,
+            )
+
+    def _reuse(self, origin: Origin) -> httpcore.AsyncHTTPConnection | None:
+        stack = self._idle.get(_key(origin))
+        while stack:
+            connection = stack.pop()
+            self._idle_count -= 1
+            if connection.is_available() and not connection.has_expired():
+                return connection
+            self._forget(connection)
+        return None
+
+    async def _open(self, origin: Origin, wait: float | None) -> httpcore.AsyncHTTPConnection:
+        if self._slots.locked():
+            self._evict_one()  # an idle connection to another origin gives its slot up
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpcore.PoolTimeout("no upstream connection became free in time") from None
+        return httpcore.AsyncHTTPConnection(
+            origin=origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive_expiry,
+            network_backend=self._backend,
+        )
+
+    def _evict_one(self) -> None:
+        for stack in self._idle.values():
+            if stack:
+                self._idle_count -= 1
+                self._forget(stack.pop(0))
+                return
+
+    def _release(self, origin: Origin, connection: httpcore.AsyncHTTPConnection) -> None:
+        """A response is closed: keep its connection for the next request, or let it go."""
+        if not connection.is_idle():
+            self._forget(connection)
+            return
+        stack = self._idle.setdefault(_key(origin), [])
+        stack.append(connection)
+        self._idle_count += 1
+        if self._idle_count > self._max_idle or stack[0].has_expired():
+            self._idle_count -= 1
+            self._forget(stack.pop(0))  # the least recently used one
+
+    def _forget(self, connection: httpcore.AsyncHTTPConnection) -> None:
+        """Give the slot back now and close the connection in the background (closing a socket
+        does not wait on the network; this must not be interrupted by a cancellation)."""
+        self._slots.release()
+        task = asyncio.get_running_loop().create_task(connection.aclose())
+        task.add_done_callback(_ignore_result)
+
+    async def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
+        self._slots.release()
+        try:
+            await connection.aclose()
+        except Exception:  # already failed: the socket is gone either way
+            pass
+
+    async def aclose(self) -> None:
+        for stack in self._idle.values():
+            while stack:
+                await self._discard(stack.pop())
+        self._idle_count = 0
+
+    async def __aenter__(self) -> LifoPool:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+class _Released:
+    """The response body; closing it hands the connection back to the pool exactly once."""
+
+    def __init__(self, stream: Any, pool: LifoPool, origin: Origin, connection: httpcore.AsyncHTTPConnection) -> None:
+        self._stream = stream
+        self._pool = pool
+        self._origin = origin
+        self._connection = connection
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._stream:
+                yield part
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stream.aclose()
+        finally:
+            self._pool._release(self._origin, self._connection)
+
+
+def _key(origin: Origin) -> tuple[bytes, bytes, int]:
+    return origin.scheme, origin.host, origin.port
+
+
+def _ignore_result(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
