@@ -33,6 +33,7 @@ import httpx
 from httpcore._utils import is_socket_readable
 
 from gateway.errors import ApiError
+from llm.netstream import AsyncioBackend
 from llm.pool import LifoPool
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -145,6 +146,7 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
     class GuardedBackend(core.AsyncNetworkBackend):
         def __init__(self, inner: Any = None) -> None:
             self._inner = inner if inner is not None else core.AnyIOBackend()
+            self._quick = inner is None  # anyio's streams answer `is_readable` slowly (see below)
 
         async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 (the interface)
                               local_address: str | None = None,
@@ -162,7 +164,7 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
                 try:
                     stream = await self._inner.connect_tcp(address, port, timeout=timeout,
                                                            local_address=local_address, socket_options=socket_options)
-                    return QuickReadableStream(stream)
+                    return QuickReadableStream(stream) if self._quick else stream
                 except (core.ConnectError, core.ConnectTimeout) as exc:
                     failure = exc
             raise failure  # type: ignore[misc]
@@ -206,9 +208,10 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with the SSRF check at connect time (see the module docstring), over
-    the LIFO keep-alive pool of `llm.pool` instead of httpcore's (HTTP/1.1 only)."""
+    the LIFO keep-alive pool of `llm.pool` and the asyncio streams of `llm.netstream` instead of
+    httpcore's pool and anyio (HTTP/1.1 only)."""
 
-    def __init__(self, *, verify: Any = True, limits: httpx.Limits | None = None, inner_backend: Any = None) -> None:
+    def __init__(self, *, verify: Any = True, limits: httpx.Limits | None = None) -> None:
         import httpcore
 
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
@@ -217,7 +220,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             max_connections=limits.max_connections or 100,
             max_keepalive_connections=limits.max_keepalive_connections or 20,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=guarded_backend(httpcore, AddressRefused, inner_backend),
+            network_backend=guarded_backend(httpcore, AddressRefused, AsyncioBackend()),
         )
 
 

@@ -9,6 +9,7 @@ import typing as t
 import uuid
 
 from connexion.exceptions import BadRequestProblem
+from connexion.json_schema import Draft4RequestValidator
 from connexion.utils import is_null, is_nullable
 from connexion.validators import (
     VALIDATOR_MAP,
@@ -20,6 +21,7 @@ from jsonschema import Draft4Validator, ValidationError
 from starlette.formparsers import MultiPartException
 
 _param_validators: dict[int, tuple[dict, Draft4Validator]] = {}
+_body_validators: dict[int, tuple[dict, Draft4Validator]] = {}
 
 # Draft 4's checker knows no "uuid"; parameters declared `format: uuid` are checked like the rest.
 FORMATS = copy.deepcopy(Draft4Validator.FORMAT_CHECKER)
@@ -88,6 +90,15 @@ class NamedParameterValidator(ParameterValidator):
 
 class StrictJSONBodyValidator(JSONRequestBodyValidator):
     MUTABLE_VALIDATION = True  # the handler receives the body as parsed here (NULs replaced)
+
+    @property
+    def _validator(self):
+        """Compiled once per body schema (Connexion builds a new validator per request)."""
+        cached = _body_validators.get(id(self._schema))
+        if cached is None or cached[0] is not self._schema:
+            cached = (self._schema, Draft4RequestValidator(self._schema, format_checker=Draft4Validator.FORMAT_CHECKER))
+            _body_validators[id(self._schema)] = cached
+        return cached[1]
 
     async def _parse(self, stream: t.AsyncGenerator[bytes, None], scope) -> t.Any:
         raw = b"".join([chunk async for chunk in stream])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +25,11 @@ Origin = httpcore.Origin
 
 
 class LifoPool:
-    """Speaks httpcore's request interface (`handle_async_request`, `aclose`)."""
+    """Speaks httpcore's request interface (`handle_async_request`, `aclose`).
+
+    At most `max_connections` connections are open (idle or busy). A request that finds none
+    free waits in line (at most the pool timeout); a connection freed by a finished response goes
+    straight to the first waiter for its origin, or makes room for a waiter for another origin."""
 
     def __init__(
         self,
@@ -37,11 +42,15 @@ class LifoPool:
     ) -> None:
         self._ssl_context = ssl_context
         self._keepalive_expiry = keepalive_expiry
+        self._max_open = max_connections
         self._max_idle = max_keepalive_connections
         self._backend = network_backend
-        self._slots = asyncio.Semaphore(max_connections)  # one per open connection, idle or busy
+        self._open = 0  # connections counted against max_connections, idle or busy
         self._idle: dict[tuple, list[httpcore.AsyncHTTPConnection]] = {}  # by (scheme, host, port)
         self._idle_count = 0
+        # requests waiting for room, first come first served; each future gets the connection
+        # handed over, or None for "room for one new connection is yours"
+        self._waiters: deque[tuple[tuple, asyncio.Future]] = deque()
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         scheme = request.url.scheme
@@ -50,7 +59,7 @@ class LifoPool:
         origin = request.url.origin
         wait = request.extensions.get("timeout", {}).get("pool")
         while True:
-            connection = self._reuse(origin) or await self._open(origin, wait)
+            connection = await self._acquire(origin, wait)
             try:
                 response = await connection.handle_async_request(request)
             except httpcore.ConnectionNotAvailable:
@@ -66,8 +75,47 @@ class LifoPool:
                 extensions=response.extensions,
             )
 
-    def _reuse(self, origin: Origin) -> httpcore.AsyncHTTPConnection | None:
-        stack = self._idle.get(_key(origin))
+    async def _acquire(self, origin: Origin, wait: float | None) -> httpcore.AsyncHTTPConnection:
+        key = _key(origin)
+        connection = self._reuse(key)
+        if connection is not None:
+            return connection
+        if self._open >= self._max_open:
+            self._evict_one()  # an idle connection to another origin gives its room up
+        if self._open < self._max_open:
+            self._open += 1
+            return self._new(origin)
+        handed = await self._wait_in_line(key, wait)
+        return handed if handed is not None else self._new(origin)
+
+    async def _wait_in_line(self, key: tuple, wait: float | None) -> httpcore.AsyncHTTPConnection | None:
+        future = asyncio.get_running_loop().create_future()
+        entry = (key, future)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(wait):
+                return await future
+        except BaseException as exc:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif future.done() and not future.cancelled():  # served just as we gave up: pass it on
+                handed = future.result()
+                if handed is not None:
+                    self._release(key, handed)
+                else:
+                    self._free_room()
+            if isinstance(exc, TimeoutError):
+                raise httpcore.PoolTimeout("no upstream connection became free in time") from None
+            raise
+
+    def _new(self, origin: Origin) -> httpcore.AsyncHTTPConnection:
+        return httpcore.AsyncHTTPConnection(
+            origin=origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive_expiry,
+            network_backend=self._backend,
+        )
+
+    def _reuse(self, key: tuple) -> httpcore.AsyncHTTPConnection | None:
+        stack = self._idle.get(key)
         while stack:
             connection = stack.pop()
             self._idle_count -= 1
@@ -76,19 +124,6 @@ class LifoPool:
             self._forget(connection)
         return None
 
-    async def _open(self, origin: Origin, wait: float | None) -> httpcore.AsyncHTTPConnection:
-        if self._slots.locked():
-            self._evict_one()  # an idle connection to another origin gives its slot up
-        try:
-            async with asyncio.timeout(wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("no upstream connection became free in time") from None
-        return httpcore.AsyncHTTPConnection(
-            origin=origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive_expiry,
-            network_backend=self._backend,
-        )
-
     def _evict_one(self) -> None:
         for stack in self._idle.values():
             if stack:
@@ -96,27 +131,52 @@ class LifoPool:
                 self._forget(stack.pop(0))
                 return
 
-    def _release(self, origin: Origin, connection: httpcore.AsyncHTTPConnection) -> None:
-        """A response is closed: keep its connection for the next request, or let it go."""
+    def _next_waiter(self, key: tuple | None = None) -> asyncio.Future | None:
+        """The first waiter still waiting (for `key` only, when given)."""
+        for entry in self._waiters:
+            if entry[1].done():
+                continue
+            if key is None or entry[0] == key:
+                self._waiters.remove(entry)
+                return entry[1]
+        return None
+
+    def _release(self, key: tuple, connection: httpcore.AsyncHTTPConnection) -> None:
+        """A response is closed: hand its connection on, keep it for later, or let it go."""
         if not connection.is_idle():
             self._forget(connection)
             return
-        stack = self._idle.setdefault(_key(origin), [])
+        waiter = self._next_waiter(key)
+        if waiter is not None:
+            waiter.set_result(connection)
+            return
+        if self._waiters:  # someone waits for another origin: this connection makes room
+            self._forget(connection)
+            return
+        stack = self._idle.setdefault(key, [])
         stack.append(connection)
         self._idle_count += 1
         if self._idle_count > self._max_idle or stack[0].has_expired():
             self._idle_count -= 1
             self._forget(stack.pop(0))  # the least recently used one
 
+    def _free_room(self) -> None:
+        """One connection fewer: its room goes to the first waiter, if any."""
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(None)
+        else:
+            self._open -= 1
+
     def _forget(self, connection: httpcore.AsyncHTTPConnection) -> None:
-        """Give the slot back now and close the connection in the background (closing a socket
-        does not wait on the network; this must not be interrupted by a cancellation)."""
-        self._slots.release()
+        """Make room now and close the connection in the background (closing a socket does not
+        wait on the network, and must not be interrupted by a cancellation)."""
+        self._free_room()
         task = asyncio.get_running_loop().create_task(connection.aclose())
         task.add_done_callback(_ignore_result)
 
     async def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
-        self._slots.release()
+        self._free_room()
         try:
             await connection.aclose()
         except Exception:  # already failed: the socket is gone either way
@@ -160,7 +220,7 @@ class _Released:
         try:
             await self._stream.aclose()
         finally:
-            self._pool._release(self._origin, self._connection)
+            self._pool._release(_key(self._origin), self._connection)
 
 
 def _key(origin: Origin) -> tuple[bytes, bytes, int]:

@@ -101,11 +101,17 @@ def envelope(entry: runs.ActiveRun, kind: str, payload: dict[str, Any]) -> dict[
 
 
 def on_run_event(entry: runs.ActiveRun, kind: str, payload: dict[str, Any]) -> None:
-    """The sink registered with domain.runs: local delivery now, peers through the relay."""
+    """The sink registered with domain.runs: local delivery now, peers through the relay.
+    Nothing is built when no connection here or on a peer could receive it (plain HTTP traffic)."""
+    local = bool(_admins) or bool(entry.user_id and _by_user.get(entry.user_id))
+    remote = runs.peers_listening()
+    if not (local or remote):
+        return
     body = envelope(entry, kind, payload)
     droppable = kind in DROPPABLE
-    _deliver(entry.user_id, protocol.event("agent", body), droppable)
-    if runs.peers_listening():
+    if local:
+        _deliver(entry.user_id, protocol.event("agent", body), droppable)
+    if remote:
         runs.relay.send("ws.event", {"o": runs.PROCESS_ID, "u": entry.user_id, "d": droppable, "e": body},
                         droppable=droppable, merge=_merge_chunks)
 
