@@ -8,6 +8,7 @@ call behaves under failure lives here, once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 
 import httpx
@@ -31,6 +33,8 @@ MAX_DELAY = 30.0  # cap for both computed backoff and Retry-After
 # timeouts are deliberately absent: a slow model stays slow, and retrying would
 # multiply the caller's wait far beyond the timeout it configured.
 _RETRYABLE_TRANSPORT = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
+
+DEFAULT_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "goclaw-py"}
 
 T = TypeVar("T")
 RetryHook = Callable[[int, float, UpstreamError], None]
@@ -58,9 +62,12 @@ def create_http_client(
         max_connections=max_connections,
         max_keepalive_connections=max_keepalive_connections,
     )
+    # one client serves every tenant: a cookie one provider sets must never travel with another
+    # tenant's call, so the jar keeps nothing
+    cookies = httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
     if transport is not None:
-        return httpx.AsyncClient(timeout=timeout, transport=transport(limits))
-    return httpx.AsyncClient(timeout=timeout, limits=limits)
+        return httpx.AsyncClient(timeout=timeout, transport=transport(limits), cookies=cookies)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, cookies=cookies)
 
 
 async def close_http_client(client: httpx.AsyncClient) -> None:
@@ -98,6 +105,11 @@ class SSEEvent:
     data: str
 
 
+def encode_json(body: Any) -> bytes:
+    """Compact UTF-8 JSON, as httpx would send it (NaN refused: no provider parses it)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 class BaseClient:
     """What every adapter inherits: URL building, auth headers, retrying
     requests and streaming. Subclasses override `auth_headers`."""
@@ -116,12 +128,32 @@ class BaseClient:
         self.api_key = api_key
         self.timeout = timeout  # None = the shared client's timeouts
         self.on_retry = on_retry
+        self._urls: dict[str, httpx.URL] = {}
 
     def auth_headers(self) -> dict[str, str]:
         return {}
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
+
+    def _endpoint(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.url(path))
+        return url
+
+    @functools.cached_property
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        return httpx.Headers({**DEFAULT_HEADERS, **self.auth_headers()}).raw
+
+    @functools.cached_property
+    def _json_headers(self) -> list[tuple[bytes, bytes]]:
+        return [*self._headers, (b"Content-Type", b"application/json")]
+
+    @functools.cached_property
+    def _timeouts(self) -> dict[str, float | None]:
+        timeout = self.timeout if self.timeout is not None else self.http.timeout
+        return httpx.Timeout(timeout).as_dict()
 
     # -- public request helpers ------------------------------------------
 
@@ -209,14 +241,18 @@ class BaseClient:
     # -- internals ---------------------------------------------------------
 
     async def _send(self, method: str, path: str, json_body: Any, params: dict[str, Any] | None) -> httpx.Response:
-        """One attempt: returns an open 2xx response or raises UpstreamError."""
-        request = self.http.build_request(
+        """One attempt: returns an open 2xx response or raises UpstreamError.
+
+        The request is built here rather than by `AsyncClient.build_request` (which re-parses
+        the URL and merges client defaults and cookies on every call): the endpoint URL and the
+        headers are computed once per adapter."""
+        content = None if json_body is None else encode_json(json_body)
+        request = httpx.Request(
             method,
-            self.url(path),
-            json=json_body,
-            params=params,
-            headers=self.auth_headers(),
-            timeout=self.timeout if self.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            self._endpoint(path) if not params else self._endpoint(path).copy_merge_params(params),
+            headers=self._headers if content is None else self._json_headers,
+            content=content,
+            extensions={"timeout": self._timeouts},
         )
         try:
             resp = await self.http.send(request, stream=True)

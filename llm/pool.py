@@ -143,7 +143,7 @@ class LifoPool:
 
     def _release(self, key: tuple, connection: httpcore.AsyncHTTPConnection) -> None:
         """A response is closed: hand its connection on, keep it for later, or let it go."""
-        if not connection.is_idle():
+        if not connection.is_idle() or connection.has_expired():
             self._forget(connection)
             return
         waiter = self._next_waiter(key)

@@ -50,6 +50,7 @@ class Upstream:
         for writer in list(self._writers):
             writer.close()
         await self._server.wait_closed()
+        await self.until(lambda: self.open == 0)  # every connection handler has finished
 
     async def until(self, predicate) -> None:
         """Wait until `predicate()` holds (re-checked whenever a connection or request comes or goes)."""
@@ -128,15 +129,12 @@ async def ok(client: httpx.AsyncClient, url: str, **kwargs) -> str:
     return response.text
 
 
-# Filed for llm/pool.py (not fixed here): a connection handed back to the pool goes onto the idle
-# stack but keeps its slot, and a request already waiting in `_open` waits only for a slot — it
-# never looks at the idle stack again. So once `max_connections` are open, a request that had to
-# wait gets nothing when the others finish: it fails with PoolTimeout (or waits forever with no
-# pool timeout) while an idle connection to its origin sits unused.
-POOL_WAITERS_STARVE = pytest.mark.xfail(
-    strict=True, raises=httpx.PoolTimeout,
-    reason="llm/pool.py bug: a request waiting for a slot is not woken when a busy connection becomes idle",
-)
+async def queued(request) -> asyncio.Task:
+    """Start `request` and let it run up to its first real wait (in line in the pool, when full)."""
+    task = asyncio.create_task(request)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return task
 
 
 # --- keep-alive reuse ----------------------------------------------------------------------------
@@ -153,7 +151,6 @@ def test_sequential_requests_reuse_one_keep_alive_connection():
 # --- the max_connections bound -------------------------------------------------------------------
 
 
-@POOL_WAITERS_STARVE
 def test_concurrent_requests_beyond_max_connections_queue_and_all_succeed():
     async def scenario(client, upstream):
         texts = await asyncio.gather(*(ok(client, upstream.url) for _ in range(10)))
@@ -163,7 +160,6 @@ def test_concurrent_requests_beyond_max_connections_queue_and_all_succeed():
     assert texts == ["ok"] * 10 and accepted <= 3
 
 
-@POOL_WAITERS_STARVE
 def test_slow_concurrent_requests_never_hold_more_than_max_connections_open():
     async def scenario(client, upstream):
         requests = [asyncio.create_task(ok(client, f"{upstream.url}/hold")) for _ in range(6)]
@@ -180,9 +176,10 @@ def test_a_request_waiting_longer_than_the_pool_timeout_gets_pool_timeout():
         async with client.stream("GET", f"{upstream.url}/hold"):  # holds the only connection
             with pytest.raises(httpx.PoolTimeout):
                 await client.get(upstream.url, timeout=httpx.Timeout(5, pool=0.2))
+        assert await ok(client, upstream.url) == "ok"  # the slot is free again once the first is closed
         return upstream.accepted
 
-    assert run(scenario, max_connections=1) == 1
+    assert run(scenario, max_connections=1) == 2  # the half-read connection is not reused
 
 
 # --- connections that cannot be reused -----------------------------------------------------------
@@ -196,6 +193,18 @@ def test_a_keep_alive_connection_the_server_closed_while_idle_is_replaced_transp
         return upstream.accepted, upstream.requests
 
     assert run(scenario) == (2, 2)
+
+
+def test_a_connection_the_server_closed_is_not_handed_to_a_waiting_request():
+    async def scenario(client, upstream):
+        async with client.stream("GET", f"{upstream.url}/hang-up") as first:  # the only connection
+            waiting = await queued(ok(client, upstream.url))
+            await upstream.until(lambda: upstream.ended == 1)  # closed by the server before it comes back
+            await first.aread()
+        assert await waiting == "ok"
+        return upstream.accepted
+
+    assert run(scenario, max_connections=1) == 2
 
 
 def test_a_connection_close_response_is_not_reused_and_later_requests_still_succeed():
@@ -270,6 +279,19 @@ def test_at_max_connections_a_new_origin_evicts_an_idle_connection_instead_of_wa
         assert await ok(client, a.url) == "ok"  # the only slot, now idle to origin A
         assert await ok(client, b.url, timeout=httpx.Timeout(5, pool=0.2)) == "ok"
         await a.until(lambda: a.ended == 1)  # A's idle connection was closed to make room
+        return a.accepted, b.accepted
+
+    assert run(scenario, max_connections=1, upstreams=2) == (1, 1)
+
+
+def test_a_request_waiting_for_another_origin_gets_the_room_of_a_finished_connection():
+    async def scenario(client, a, b):
+        async with client.stream("GET", f"{a.url}/hold") as busy:  # the only slot, busy with origin A
+            waiting = await queued(ok(client, b.url))
+            a.release.set()
+            await busy.aread()
+        assert await waiting == "ok"
+        await a.until(lambda: a.ended == 1)  # A's connection was closed to make room for B
         return a.accepted, b.accepted
 
     assert run(scenario, max_connections=1, upstreams=2) == (1, 1)
