@@ -23,6 +23,7 @@ from db import bus
 from gateway import netguard, state
 from gateway.docs import DocsAndSpec
 from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, LiteralPathMethods, ReplaceNul
+from gateway.operations import GatewayApi
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
 from gateway.validation import validator_map
@@ -90,6 +91,7 @@ def build_connexion_app(
         security_map=SECURITY_MAP,
         middlewares=MIDDLEWARES,
     )
+    app._middleware_app.api_cls = GatewayApi  # handlers decorated once (gateway/operations.py)
     app.add_api(document, resolver=resolver, strict_validation=True, validator_map=validator_map())
     for exc_type, handler in ERROR_HANDLERS:
         app.add_error_handler(exc_type, handler)
