@@ -3,6 +3,9 @@ stub upstream called directly, in the same run.
 
 Prints added latency p50/p99 at concurrency 1 (sequential requests, Python client), requests/s at
 concurrency 32 (wrk), for non-streaming and streaming, and time to first chunk when streaming.
+Also the gateway's CPU time per request under that load (read from /proc, so other processes on
+the machine do not blur it), next to the CPU time of the bare upstream call alone: the gateway's
+own httpx client calling the stub in a loop, in this process — the floor under any request.
 
     .venv/bin/python bench/chat_bench.py [--requests 300] [--seconds 8]
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -42,6 +46,36 @@ def sequential(url: str, body: dict, headers: dict, n: int, stream: bool) -> dic
             totals.append((time.perf_counter() - start) * 1000)
     return {"p50": statistics.median(totals), "p99": _p99(totals),
             "ttfb_p50": statistics.median(firsts) if firsts else None}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def upstream_call_cpu_ms(stub_url: str, n: int = 1000) -> float:
+    """CPU ms per call of the gateway's upstream client (adapter + httpx + pool) alone."""
+    os.environ.setdefault("GOCLAW_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
+    from gateway import netguard
+    from llm import ChatRequest, Message, OpenAICompatClient, create_http_client
+
+    async def calls() -> float:
+        http = create_http_client(transport=lambda limits: netguard.GuardedTransport(limits=limits))
+        adapter = OpenAICompatClient(http, stub_url + "/v1", "sk-bench")
+        request = ChatRequest(model="gpt-4o-mini", messages=[Message("user", "hello there")], system="Be brief.")
+        for _ in range(50):
+            await adapter.chat(request)
+        start = time.process_time()
+        for _ in range(n):
+            await adapter.chat(request)
+        elapsed = time.process_time() - start
+        await http.aclose()
+        return elapsed / n * 1000
+
+    import uvloop
+
+    return uvloop.run(calls())
 
 
 def _p99(values: list[float]) -> float:
@@ -87,16 +121,20 @@ def main() -> None:
             gw_seq = sequential(gateway.url + "/v1/chat/completions", {**via, **extra}, user, args.requests, stream)
             stub_load = wrk(stub_url + "/v1/chat/completions", seconds=args.seconds,
                             script=lua_file({**direct, **extra}, {}))
+            cpu_before = cpu_seconds(gateway.process.pid)
             gw_load = wrk(gateway.url + "/v1/chat/completions", seconds=args.seconds,
                           script=lua_file({**via, **extra}, user))
-            rows.append(("stream" if stream else "non-stream", stub_seq, gw_seq, stub_load, gw_load))
+            cpu_ms = (cpu_seconds(gateway.process.pid) - cpu_before) * 1000 / max(1, gw_load["rps"] * args.seconds)
+            rows.append(("stream" if stream else "non-stream", stub_seq, gw_seq, stub_load, gw_load, cpu_ms))
+        floor = upstream_call_cpu_ms(stub_url)
         print("one gateway worker, persistence + tracing on; stub upstream on loopback")
         print(f"{'mode':11} {'added p50 ms':>12} {'added p99 ms':>12} {'ttfb p50 ms':>11} "
-              f"{'stub req/s c32':>15} {'gateway req/s c32':>18} {'non-2xx':>8}")
-        for mode, stub_seq, gw_seq, stub_load, gw_load in rows:
+              f"{'stub req/s c32':>15} {'gateway req/s c32':>18} {'non-2xx':>8} {'gateway CPU ms/req':>19}")
+        for mode, stub_seq, gw_seq, stub_load, gw_load, cpu_ms in rows:
             ttfb = f"{gw_seq['ttfb_p50']:.2f}" if gw_seq["ttfb_p50"] is not None else "-"
             print(f"{mode:11} {gw_seq['p50'] - stub_seq['p50']:12.2f} {gw_seq['p99'] - stub_seq['p99']:12.2f} "
-                  f"{ttfb:>11} {stub_load['rps']:15.0f} {gw_load['rps']:18.0f} {gw_load['errors']:8d}")
+                  f"{ttfb:>11} {stub_load['rps']:15.0f} {gw_load['rps']:18.0f} {gw_load['errors']:8d} {cpu_ms:19.2f}")
+        print(f"upstream call alone (the gateway's adapter + httpx client, in-process): {floor:.2f} ms CPU per call")
         traces = httpx.get(gateway.url + "/v1/traces", headers=admin, params={"limit": 1}).json()["total"]
         print(f"traces recorded: {traces}")
     finally:

@@ -34,6 +34,9 @@ MAX_DELAY = 30.0  # cap for both computed backoff and Retry-After
 # multiply the caller's wait far beyond the timeout it configured.
 _RETRYABLE_TRANSPORT = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
 
+DRAIN_SECONDS = 0.25  # how long a finished stream may take to end its body before we hang up
+DRAIN_LINES = 32
+
 DEFAULT_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "goclaw-py"}
 
 T = TypeVar("T")
@@ -103,6 +106,23 @@ class SSEEvent:
 
     event: str
     data: str
+
+
+async def drain(lines: AsyncIterator[str]) -> None:
+    """Read the little that follows a stream's last event (the end of the chunked body), so the
+    connection goes back to the pool instead of being closed: for a TLS upstream, a handshake
+    saved on the next call. Bounded: an upstream that keeps talking is simply hung up on; and
+    never while the call is being cancelled (client gone): then the connection just closes."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            for _ in range(DRAIN_LINES):
+                if await anext(lines, None) is None:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 def encode_json(body: Any) -> bytes:
@@ -201,9 +221,14 @@ class BaseClient:
         Closing or cancelling the iterator closes the upstream response.
         """
         resp = await self._retrying(lambda: self._send(method, path, json_body, params))
+        lines = resp.aiter_lines()
         try:
-            async for line in resp.aiter_lines():
-                yield line
+            async for line in lines:
+                try:
+                    yield line
+                except GeneratorExit:  # the caller has what it wanted (`[DONE]`, `message_stop`)
+                    await drain(lines)
+                    raise
         except httpx.RequestError as exc:
             raise self._transport_error(exc, during="streaming", retryable=False) from exc
         finally:

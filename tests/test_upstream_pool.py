@@ -16,6 +16,7 @@ import pytest
 
 from gateway import netguard
 from gateway.netguard import GuardedTransport
+from llm.base import BaseClient
 
 BOUND = 15  # seconds: no scenario may hang past this
 
@@ -27,6 +28,7 @@ class Upstream:
     /hold        sends "ab", then "cd" only once `release` is set (a slow body, driven by the test)
     /close       "ok" with `Connection: close`, then closes the connection
     /hang-up     "ok" as keep-alive, then closes the connection anyway (as an idle timeout would)
+    /sse         a chunked server-sent-event stream: one delta, `data: [DONE]`, then the body's end
     """
 
     def __init__(self) -> None:
@@ -95,6 +97,14 @@ class Upstream:
             await writer.drain()
             await self.release.wait()
             writer.write(b"cd")
+            await writer.drain()
+            return True
+        if path == "/sse":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for event in (b'data: {"delta": "hi"}\n\n', b"data: [DONE]\n\n"):
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
             await writer.drain()
             return True
         close = b"Connection: close\r\n" if path == "/close" else b""
@@ -295,3 +305,22 @@ def test_a_request_waiting_for_another_origin_gets_the_room_of_a_finished_connec
         return a.accepted, b.accepted
 
     assert run(scenario, max_connections=1, upstreams=2) == (1, 1)
+
+
+# --- streams ---------------------------------------------------------------------------------------
+
+
+def test_a_stream_the_caller_leaves_at_its_last_event_gives_its_connection_back():
+    """Adapters stop reading at `[DONE]`; the end of the chunked body is still read, so the next
+    stream reuses the connection (for a TLS provider: no new handshake per streamed chat)."""
+
+    async def scenario(client, upstream):
+        adapter = BaseClient(client, upstream.url)
+        for _ in range(3):
+            async with contextlib.aclosing(adapter.stream_sse("GET", "sse")) as events:
+                async for event in events:
+                    if event.data == "[DONE]":
+                        break
+        return upstream.accepted, upstream.requests
+
+    assert run(scenario) == (1, 3)
