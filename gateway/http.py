@@ -9,6 +9,7 @@ import logging
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -324,6 +325,15 @@ class CancelOnDisconnect:
         finally:
             finished = True
             reader.cancel()
+
+
+class CancellableStream(StreamingResponse):
+    """A streaming response for routes under CancelOnDisconnect. Starlette's own runs a second
+    task per response just to notice the client leaving; here the disconnect already cancels
+    the request's task (and the stream with it), so the body is simply sent."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stream_response(send)
 
 
 class LiteralPathMethods:
