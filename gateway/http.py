@@ -224,19 +224,44 @@ async def _send_json(send: Send, status: int, message: str, extra_headers: list 
     await send({"type": "http.response.body", "body": body})
 
 
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_TOO_LARGE_BODY = b'{"error": "request head too large"}'
+HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                  b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_TOO_LARGE_BODY),
+                                                                         _HEAD_TOO_LARGE_BODY))
+
+
 class HeadTimeoutHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol plus a deadline for each request head (GOCLAW_BODY_TIMEOUT_MS,
     like the body): uvicorn itself waits forever for a head that never ends (slowloris), and a
     trickled byte on a kept-alive connection even cancels its keep-alive timer. Selected in
-    `goclaw serve`; httptools rather than h11 because it parses several times faster."""
+    `goclaw serve`; httptools rather than h11 because it parses several times faster.
+
+    The head is also bounded in size (MAX_HEAD_BYTES, as h11 would): httptools itself keeps
+    collecting header bytes for as long as they come, so an endless head is a 431 and a hang-up."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0  # bytes received since the current head began; -1 once it is complete
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()
 
+    def data_received(self, data: bytes) -> None:
+        counting = self._head_bytes >= 0
+        super().data_received(data)
+        if counting and self._head_bytes >= 0:  # still inside a head after this read
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self.transport.write(HEAD_TOO_LARGE)
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0  # a request starts: its head is counted until it is complete
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
+        self._head_bytes = -1
         super().on_headers_complete()
         if self._head_timer is not None:
             self._head_timer.cancel()

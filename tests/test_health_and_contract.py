@@ -25,6 +25,17 @@ def test_seed_is_a_subset_of_the_served_document(gateway):
     assert len([1 for item in seed["paths"].values() for m in item if m != "parameters"]) == 60
 
 
+def test_every_operation_taking_a_body_documents_the_body_limit_and_deadline(gateway):
+    """413 (over GOCLAW_MAX_BODY_BYTES) and 408 (trickled past GOCLAW_BODY_TIMEOUT_MS) come from
+    the HTTP layer in front of every handler, so every operation with a request body lists both."""
+    served = httpx.get(gateway.url + "/v1/openapi.json").json()
+    with_body = [(method, path, op) for path, item in served["paths"].items()
+                 for method, op in item.items() if isinstance(op, dict) and "requestBody" in op]
+    assert len(with_body) >= 20
+    for method, path, op in with_body:
+        assert {"408", "413"} <= set(op["responses"]), f"{method.upper()} {path}"
+
+
 def test_extension_may_only_add():
     assert merge_add_only({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
     params = [{"name": "limit", "in": "query", "schema": {"type": "integer"}}]
