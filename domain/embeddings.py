@@ -10,6 +10,9 @@ Vectors are cached in `embedding_cache`, keyed by (provider, model, requested di
 sha256(text)): re-indexing an edited document only embeds the chunks that changed, and a repeated
 query costs one indexed lookup instead of a provider call. Query vectors are also kept in a small
 per-process LRU, so the hot path of a repeated search never leaves the process.
+Entries older than GOCLAW_EMBEDDING_CACHE_DAYS are pruned (`prune_cache`): every distinct search
+text is cached, so without a bound the table would only grow; a pruned text is embedded again
+the next time it is needed.
 """
 
 from __future__ import annotations
@@ -44,8 +47,16 @@ WHERE provider = %(provider)s AND model = %(model)s AND dims_requested = %(dims)
 CACHE_PUT_SQL = """
 INSERT INTO embedding_cache (provider, model, dims_requested, hash, embedding)
 VALUES (%s, %s, %s, %s, %s::vector)
-ON CONFLICT (provider, model, dims_requested, hash) DO UPDATE SET embedding = EXCLUDED.embedding
+ON CONFLICT (provider, model, dims_requested, hash) DO UPDATE SET embedding = EXCLUDED.embedding, created_at = now()
 """
+PRUNE_SQL = "DELETE FROM embedding_cache WHERE created_at < now() - make_interval(days => %s)"
+
+
+async def prune_cache(days: int) -> int:
+    """Drop cached vectors stored more than `days` days ago; returns how many went."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute(PRUNE_SQL, (days,))
+        return cursor.rowcount
 
 
 class EmbeddingUnavailable(Exception):

@@ -20,6 +20,7 @@ import db
 from agent import mcp as mcp_sessions
 from auth.security import SECURITY_MAP
 from db import bus
+from domain import retention
 from gateway import netguard, state
 from gateway.docs import DocsAndSpec
 from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, LiteralPathMethods, ReplaceNul
@@ -59,6 +60,7 @@ async def lifespan(_app):
     bus.subscribe("api_keys", state.key_cache.clear)
     bus.start(settings.postgres_dsn)
     flusher = asyncio.create_task(state.key_cache.run_flusher(), name="goclaw-last-used")
+    housekeeping = asyncio.create_task(retention.run_forever(), name="goclaw-retention")
     state.http = create_http_client(transport=lambda limits: netguard.GuardedTransport(limits=limits))
     state.writer.start()
     try:
@@ -68,6 +70,7 @@ async def lifespan(_app):
         await ws_server.stop()
         await state.writer.close()
         flusher.cancel()
+        housekeeping.cancel()
         await mcp_sessions.shutdown()
         await close_http_client(state.http)
         await state.key_cache.flush_last_used()

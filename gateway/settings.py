@@ -44,6 +44,7 @@ class Settings:
     db_timeout_s: float = 5.0
     body_timeout_s: float = 30.0
     api_key_cache_ttl_s: int = 300
+    embedding_cache_days: int = 30
     workers: int = 1
     spec_path: Path | None = None
     spec_ext_path: Path | None = None
@@ -81,6 +82,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_timeout_s=float(_int(env, "GOCLAW_DB_TIMEOUT_MS", 5000)) / 1000.0,
         body_timeout_s=float(_int(env, "GOCLAW_BODY_TIMEOUT_MS", 30000)) / 1000.0,
         api_key_cache_ttl_s=_int(env, "GOCLAW_API_KEY_CACHE_TTL", 300),
+        embedding_cache_days=_int(env, "GOCLAW_EMBEDDING_CACHE_DAYS", 30),
         workers=_int(env, "GOCLAW_WORKERS", 1),
         spec_path=Path(env["GOCLAW_SPEC"]) if env.get("GOCLAW_SPEC") else None,
         spec_ext_path=Path(env["GOCLAW_SPEC_EXT"]) if env.get("GOCLAW_SPEC_EXT") else None,

@@ -10,7 +10,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 import pytest
+
+from tests.support.processes import start_gateway, wait_until
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "memory_corpus"
@@ -426,3 +429,22 @@ def test_unknown_agent_is_404(tenant, ref):
     assert alice.put(doc_url({"id": ref}, "a.md"), json={"content": "x"}).status_code == 404
     assert alice.get(doc_url({"id": ref}, "a.md")).status_code == 404
     assert alice.post(f"/v1/agents/{ref}/memory/reindex").status_code == 404
+
+
+def test_embedding_cache_entries_past_the_retention_are_pruned(database, tmp_path):
+    """GOCLAW_EMBEDDING_CACHE_DAYS bounds the cache: a process sweeps at startup (then hourly)."""
+    insert = ("INSERT INTO embedding_cache (provider, model, dims_requested, hash, embedding, created_at) "
+              "VALUES ('retention', 'm', 0, %s, '[1,2,3]', now() - make_interval(days => %s))")
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        conn.execute(insert, ("a" * 64, 8))
+        conn.execute(insert, ("b" * 64, 2))
+
+    def cached() -> set[str]:
+        with psycopg.connect(database.dsn) as conn:
+            return {r[0] for r in conn.execute("SELECT hash FROM embedding_cache WHERE provider = 'retention'")}
+
+    gateway = start_gateway(database.dsn, tmp_path, GOCLAW_EMBEDDING_CACHE_DAYS="7")
+    try:
+        assert wait_until(lambda: cached() == {"b" * 64}, timeout=10)
+    finally:
+        gateway.stop()
