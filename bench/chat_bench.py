@@ -28,24 +28,32 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def sequential(url: str, body: dict, headers: dict, n: int, stream: bool) -> dict:
-    """Latency (ms) of n sequential requests; for streams also time to first content chunk."""
-    totals, firsts = [], []
-    with httpx.Client(headers=headers, timeout=30) as client:
+def sequential(targets: list[tuple[str, dict, dict]], n: int, stream: bool) -> list[dict]:
+    """Latency (ms) of n sequential requests to each (url, body, headers) target, taken in turns
+    so that drift on a noisy machine hits every target alike; for streams also time to first
+    content chunk."""
+    clients = [httpx.Client(headers=headers, timeout=30) for _, _, headers in targets]
+    totals: list[list[float]] = [[] for _ in targets]
+    firsts: list[list[float]] = [[] for _ in targets]
+    try:
         for _ in range(n):
-            start = time.perf_counter()
-            if stream:
-                with client.stream("POST", url, json=body) as response:
-                    first = None
-                    for line in response.iter_lines():
-                        if first is None and '"content": "' in line and '"content": ""' not in line:
-                            first = time.perf_counter()
-                firsts.append(((first or time.perf_counter()) - start) * 1000)
-            else:
-                client.post(url, json=body).raise_for_status()
-            totals.append((time.perf_counter() - start) * 1000)
-    return {"p50": statistics.median(totals), "p99": _p99(totals),
-            "ttfb_p50": statistics.median(firsts) if firsts else None}
+            for i, (client, (url, body, _)) in enumerate(zip(clients, targets, strict=True)):
+                start = time.perf_counter()
+                if stream:
+                    with client.stream("POST", url, json=body) as response:
+                        first = None
+                        for line in response.iter_lines():
+                            if first is None and '"content": "' in line and '"content": ""' not in line:
+                                first = time.perf_counter()
+                    firsts[i].append(((first or time.perf_counter()) - start) * 1000)
+                else:
+                    client.post(url, json=body).raise_for_status()
+                totals[i].append((time.perf_counter() - start) * 1000)
+    finally:
+        for client in clients:
+            client.close()
+    return [{"p50": statistics.median(t), "p99": _p99(t), "ttfb_p50": statistics.median(f) if f else None}
+            for t, f in zip(totals, firsts, strict=True)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,8 +125,9 @@ def main() -> None:
         rows = []
         for stream in (False, True):
             extra = {"stream": True} if stream else {}
-            stub_seq = sequential(stub_url + "/v1/chat/completions", {**direct, **extra}, {}, args.requests, stream)
-            gw_seq = sequential(gateway.url + "/v1/chat/completions", {**via, **extra}, user, args.requests, stream)
+            stub_seq, gw_seq = sequential([(stub_url + "/v1/chat/completions", {**direct, **extra}, {}),
+                                           (gateway.url + "/v1/chat/completions", {**via, **extra}, user)],
+                                          args.requests, stream)
             stub_load = wrk(stub_url + "/v1/chat/completions", seconds=args.seconds,
                             script=lua_file({**direct, **extra}, {}))
             cpu_before = cpu_seconds(gateway.process.pid)
