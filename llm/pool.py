@@ -7,9 +7,10 @@ with a stack per origin: a request pops the most recently used idle connection (
 check to spot a connection the server closed), or opens a new one while fewer than
 `max_connections` exist; a closed response pushes its connection back if it can be reused.
 
-The HTTP/1.1 protocol, connecting (through the SSRF-checking network backend), TLS and timeouts
-stay httpcore's: each connection is an `httpcore.AsyncHTTPConnection`. The pool speaks httpcore's
-request interface, so `httpx.AsyncHTTPTransport` (error mapping, streaming) wraps it unchanged."""
+The HTTP/1.1 protocol stays httpcore's (each connection is an `httpcore.AsyncHTTPConnection`, on
+the network backend it is given: the SSRF-checking one over `llm.netstream`). The pool speaks
+httpcore's request interface, so `httpx.AsyncHTTPTransport` (error mapping, streaming) wraps it
+unchanged."""
 
 from __future__ import annotations
 
