@@ -82,6 +82,7 @@ class ToolSet:
         for tool in tools:
             self._tools.setdefault(tool.name, tool)  # first definition of a name wins
         self.max_output_bytes = max_output_bytes
+        self._specs = [ToolSpec(t.name, t.description, t.parameters) for t in self._tools.values()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
@@ -96,8 +97,8 @@ class ToolSet:
         return self._tools.get(name)
 
     def specs(self) -> list[ToolSpec]:
-        """What the model is offered, in a stable order."""
-        return [ToolSpec(t.name, t.description, t.parameters) for t in self._tools.values()]
+        """What the model is offered, in a stable order (a ToolSet never changes: built once)."""
+        return list(self._specs)
 
     async def call(self, name: str, arguments: dict, ctx: ToolContext) -> ToolResult:
         tool = self._tools.get(name)

@@ -67,12 +67,12 @@ async def _equipment(principal: Principal, agent: dict) -> tuple[object | None, 
     key = (agent["id"], agent["updated_at"], principal.user_id)
     cached = _toolsets.get(key)
     if cached is None:
-        cached = (await tools_for_agent(principal, agent), await skills.skills_prompt(principal, agent))
+        cached = (await tools_for_agent(principal, agent), await skills.skills_prompt(principal, agent),
+                  agent_root(agent["agent_key"], principal.user_id))
         _toolsets.set(key, cached)
-    toolset, skills_prompt = cached
-    if not toolset.specs():
+    toolset, skills_prompt, workspace = cached
+    if not len(toolset):
         return None, None, skills_prompt
-    workspace = agent_root(agent["agent_key"], principal.user_id)
     return toolset, ToolContext(principal=principal, agent=agent, workspace=workspace), skills_prompt
 
 
