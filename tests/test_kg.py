@@ -137,6 +137,7 @@ def test_get_shows_relations_and_delete_cascades_them(graph):
         {"entity_type": "person"},
         {"name": "", "entity_type": "person"},
         {"name": "   ", "entity_type": "person"},
+        {"name": "\x1c\x85", "entity_type": "person"},
         {"name": "x" * 501, "entity_type": "person"},
         {"name": "X", "entity_type": "two words"},
         {"name": "X", "entity_type": ""},

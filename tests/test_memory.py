@@ -400,6 +400,8 @@ def test_document_listing_filters_and_paginates(shared_agent):
     [
         {"query": ""},
         {"query": "   "},
+        {"query": "\x1e"},  # whitespace to Python, not to ECMA regexes: the documented pattern says "blank" for both
+        {"query": "\ufeff\u3000"},
         {"query": "x" * 2001},
         {"query": "ok", "limit": 0},
         {"query": "ok", "limit": 51},
