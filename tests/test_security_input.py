@@ -336,11 +336,22 @@ def test_huge_header_counts_are_answered_cleanly_and_the_gateway_goes_on(gateway
     assert served(gateway.url)
 
 
-@pytest.mark.parametrize("size", [100_000, 2_000_000])
-def test_one_huge_header_is_answered_cleanly(gateway, size):
-    status, headers, body = raw(gateway.url, head(b"X-Big: " + b"a" * size + b"\r\n"))
+def test_a_header_that_fits_one_read_is_served(gateway):
+    status, _, body = raw(gateway.url, head(b"X-Big: " + b"a" * 100_000 + b"\r\n"))
     assert status in (200, 431), body[:200]
-    if size > 1_000_000:
+    assert served(gateway.url)
+
+
+def test_an_endless_header_gets_431_and_a_hang_up(gateway):
+    """The gateway answers and closes while the client is still sending: the client sees the 431,
+    or (when the close overtakes it) a reset — never a served request, and the gateway goes on."""
+    with socket.create_connection(address(gateway.url), timeout=20) as sock:
+        try:
+            sock.sendall(head(b"X-Big: " + b"a" * 2_000_000 + b"\r\n"))
+            status, headers, body = read_response(sock)
+        except (ConnectionResetError, BrokenPipeError):
+            status = None
+    if status is not None:
         assert status == 431 and headers.get("connection") == "close" and set(json.loads(body)) == {"error"}
     assert served(gateway.url)
 
