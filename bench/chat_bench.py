@@ -66,10 +66,10 @@ def upstream_call_cpu_ms(stub_url: str, n: int = 1000) -> float:
     """CPU ms per call of the gateway's upstream client (adapter + httpx + pool) alone."""
     os.environ.setdefault("GOCLAW_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8")
     from gateway import netguard
-    from llm import ChatRequest, Message, OpenAICompatClient, create_http_client
+    from llm import ChatRequest, Message, OpenAICompatClient
 
     async def calls() -> float:
-        http = create_http_client(transport=lambda limits: netguard.GuardedTransport(limits=limits))
+        http = netguard.upstream_http_client()  # exactly the gateway's upstream client
         adapter = OpenAICompatClient(http, stub_url + "/v1", "sk-bench")
         request = ChatRequest(model="gpt-4o-mini", messages=[Message("user", "hello there")], system="Be brief.")
         for _ in range(50):

@@ -28,7 +28,7 @@ from gateway.operations import GatewayApi
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
 from gateway.validation import validator_map
-from llm import close_http_client, create_http_client
+from llm import close_http_client
 from ws import server as ws_server
 
 log = logging.getLogger("goclaw")
@@ -61,7 +61,7 @@ async def lifespan(_app):
     bus.start(settings.postgres_dsn)
     flusher = asyncio.create_task(state.key_cache.run_flusher(), name="goclaw-last-used")
     housekeeping = asyncio.create_task(retention.run_forever(), name="goclaw-retention")
-    state.http = create_http_client(transport=lambda limits: netguard.GuardedTransport(limits=limits))
+    state.http = netguard.upstream_http_client()
     state.writer.start()
     try:
         await ws_server.start()  # WebSocket RPC on GOCLAW_WS_PORT, same loop and pool

@@ -224,6 +224,13 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+def upstream_http_client() -> httpx.AsyncClient:
+    """The process-wide client for LLM providers: `llm.create_http_client` over GuardedTransport."""
+    from llm import create_http_client
+
+    return create_http_client(transport=lambda limits: GuardedTransport(limits=limits))
+
+
 def guarded_httpx2_client(**kwargs: Any):
     """An `httpx2.AsyncClient` (the MCP SDK's HTTP library) whose connects pass the same check;
     keyword arguments as `mcp.shared._httpx_utils.create_mcp_http_client` (headers, timeout, auth)."""
