@@ -11,7 +11,6 @@ from connexion import AsyncApp
 from connexion.middleware.context import ContextMiddleware
 from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.lifespan import LifespanMiddleware
-from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
@@ -27,20 +26,21 @@ from gateway.http import ERROR_HANDLERS, BodyLimit, CancelOnDisconnect, LiteralP
 from gateway.operations import GatewayApi
 from gateway.settings import Settings, load_settings
 from gateway.spec import EXT_PATH, SEED_PATH, SpecResolver, load_document, path_methods
-from gateway.validation import validator_map
+from gateway.validation import RequestValidation, validator_map
 from llm import close_http_client
 from ws import server as ws_server
 
 log = logging.getLogger("goclaw")
 
 # Connexion's default stack minus Swagger UI (gateway/docs.py serves /docs and the document
-# before this stack) and response validation (off by default; the tests validate responses).
+# before this stack) and response validation (off by default; the tests validate responses);
+# request validation is Connexion's with its validators built once (gateway/validation.py).
 MIDDLEWARES = [
     ServerErrorMiddleware,
     ExceptionMiddleware,
     RoutingMiddleware,
     SecurityMiddleware,
-    RequestValidationMiddleware,
+    RequestValidation,
     LifespanMiddleware,
     ContextMiddleware,
 ]
@@ -94,7 +94,7 @@ def build_connexion_app(
         security_map=SECURITY_MAP,
         middlewares=MIDDLEWARES,
     )
-    app._middleware_app.api_cls = GatewayApi  # handlers decorated once (gateway/operations.py)
+    app._middleware_app.api_cls = GatewayApi  # handler calls compiled once (gateway/operations.py)
     app.add_api(document, resolver=resolver, strict_validation=True, validator_map=validator_map())
     for exc_type, handler in ERROR_HANDLERS:
         app.add_error_handler(exc_type, handler)

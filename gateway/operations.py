@@ -1,44 +1,120 @@
-"""Connexion's handler call, without redoing per request what depends only on the operation.
+"""Connexion's handler call, with what depends only on the operation worked out once.
 
-Connexion 3.3 rebuilds, on every request, the decorators around a handler (parameters,
-response; signature inspection included) and the operation's URI parser. Neither depends on
-the request, so here each operation builds them on its first request and keeps them; what
-runs per request (parsing, validation, argument passing, response building) is Connexion's."""
+Connexion 3.3 does, on every request: rebuild the decorators around the handler (signature
+inspection included) and the operation's URI parser, wrap the request in a new request object,
+parse the JSON body a second time (the validator parsed it already, then re-serialised it for
+the handler) and ask the form parser for files even when the body is JSON. Here each operation
+keeps the handler's argument names, its parameter definitions and URI parser, and takes the body
+as `gateway.validation` parsed and validated it. The rules stay Connexion's: path and query
+values are resolved by its URI parser and cast by its parameter functions, missing bodies get the
+schema default, context entries (the Principal) go to arguments of the same name, and the return
+value becomes a response through its response decorator."""
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import copy
 import typing as t
 
-from connexion.apps.asynchronous import AsyncApi, AsyncOperation
-from connexion.context import receive, scope
-from connexion.decorators import StarletteDecorator
+from connexion.apps.asynchronous import AsyncApi
+from connexion.decorators.parameter import (
+    _get_body_argument,
+    _get_file_arguments,
+    _get_query_arguments,
+    _get_val_from_param,
+    sanitized,
+    unwrap_decorators,
+)
+from connexion.decorators.response import AsyncResponseDecorator
+from connexion.frameworks.starlette import Starlette as StarletteFramework
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.operations import AbstractOperation
+from connexion.utils import inspect_function_arguments, is_null, is_nullable
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.validation import PARSED_BODY
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-class DecorateOnce(StarletteDecorator):
-    def __call__(self, function: t.Callable) -> t.Callable:
-        built: tuple[t.Callable, t.Any] | None = None
+class CompiledOperation:
+    """The ASGI app of one operation: arguments → handler → response."""
 
-        @functools.wraps(function)
-        async def wrapper(*_args: t.Any, **_kwargs: t.Any) -> t.Any:
-            nonlocal built
-            if built is None:  # inside the first request: Connexion's `operation` context is set
-                built = (self.decorate(function), self.uri_parser)
-            decorated, uri_parser = built
-            return await decorated(self.framework.get_request(uri_parser=uri_parser, scope=scope, receive=receive))
+    def __init__(self, operation: AbstractOperation, jsonifier: t.Any) -> None:
+        self.operation = operation
+        self.function = operation.function
+        arguments, self.has_kwargs = inspect_function_arguments(unwrap_decorators(self.function))
+        self.arguments = arguments
+        self.is_async = asyncio.iscoroutinefunction(self.function)
+        parameters = operation.parameters
+        self.uri_parser = operation.uri_parser_class(parameters, operation.body_definition())
+        self.path_definitions = {p["name"]: p for p in parameters if p["in"] == "path"}
+        self.has_query = any(p["in"] == "query" for p in parameters) or self.has_kwargs
+        self.body_name = sanitized(operation.body_name(None)) if operation.is_request_body_defined else None
+        self.takes_body = self.body_name is not None and (self.body_name in arguments or self.has_kwargs)
+        self.takes_files = operation.is_request_body_defined and any(c in FORM_TYPES for c in operation.consumes)
+        self.context_names = None if self.has_kwargs else frozenset(arguments)
+        self.responses = AsyncResponseDecorator(framework=StarletteFramework, jsonifier=jsonifier)
 
-        return wrapper
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kwargs = await self.arguments_for(scope, receive)
+        result = await self.function(**kwargs) if self.is_async else await run_in_threadpool(self.function, **kwargs)
+        await self.response_for(result)(scope, receive, send)
 
+    async def arguments_for(self, scope: Scope, receive: Receive) -> dict[str, t.Any]:
+        kwargs: dict[str, t.Any] = {}
+        path_params = scope.get("path_params")
+        if path_params:
+            for name, value in self.uri_parser.resolve_path(path_params).items():
+                definition = self.path_definitions.get(name)
+                kwargs[sanitized(name)] = value if definition is None else _get_val_from_param(value, definition)
+        if self.has_query:
+            query = QueryParams(scope.get("query_string", b""))
+            resolved = self.uri_parser.resolve_query({k: query.getlist(k) for k in query})
+            kwargs.update(_get_query_arguments(resolved, operation=self.operation, arguments=self.arguments,
+                                               has_kwargs=self.has_kwargs, sanitize=sanitized))
+        extensions = scope.get("extensions") or {}
+        if self.takes_files:
+            request = ConnexionRequest(scope, receive, uri_parser=self.uri_parser)
+            if self.takes_body:
+                kwargs.update(self._body_argument(await request.get_body(), request.mimetype))
+            schema = self.operation.body_schema(request.mimetype)
+            kwargs.update(_get_file_arguments(await request.files(), self.arguments, schema, self.has_kwargs))
+        elif self.takes_body:
+            parsed = extensions.get(PARSED_BODY)
+            if parsed is None:  # no validator ran (no body schema): Connexion's reading of the body
+                request = ConnexionRequest(scope, receive, uri_parser=self.uri_parser)
+                kwargs.update(self._body_argument(await request.get_body(), request.mimetype))
+            else:
+                kwargs.update(self._json_argument(*parsed))
+        for key, value in (extensions.get("connexion_context") or {}).items():
+            if self.context_names is None or key in self.context_names:
+                kwargs[key] = value
+        return kwargs
 
-class DecoratedOnceOperation(AsyncOperation):
-    @functools.cached_property
-    def fn(self) -> t.Callable:  # type: ignore[override]
-        return DecorateOnce(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)(self._fn)
+    def _json_argument(self, mime_type: str, body: t.Any) -> dict[str, t.Any]:
+        schema = self.operation.body_schema(mime_type)
+        if is_nullable(schema) and is_null(body):
+            body = None
+        elif body is None:
+            body = copy.deepcopy(schema.get("default", {}))
+        return {self.body_name: body}
+
+    def _body_argument(self, body: t.Any, mime_type: str) -> dict[str, t.Any]:
+        return _get_body_argument(body, operation=self.operation, arguments=self.arguments,
+                                  has_kwargs=self.has_kwargs, sanitize=sanitized, content_type=mime_type)
+
+    def response_for(self, result: t.Any) -> Response:
+        if isinstance(result, Response):
+            return result
+        if isinstance(result, ConnexionResponse):
+            return StarletteFramework.connexion_to_framework_response(result)
+        return self.responses.build_framework_response(result)
 
 
 class GatewayApi(AsyncApi):
-    def make_operation(self, operation: AbstractOperation) -> AsyncOperation:
-        return DecoratedOnceOperation.from_operation(
-            operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
-        )
+    def make_operation(self, operation: AbstractOperation) -> CompiledOperation:  # type: ignore[override]
+        return CompiledOperation(operation, self.jsonifier)
