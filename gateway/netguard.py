@@ -8,8 +8,8 @@ Two layers, one rule:
   once more, the connection is refused when *any* address is not allowed, and the socket is opened
   to exactly an address that was checked. A name that resolves to a public address when checked and
   to 127.0.0.1 a moment later (DNS rebinding) therefore never reaches 127.0.0.1. TLS SNI, certificate
-  checks and the Host header still use the host name (httpcore takes them from the URL, not from the
-  socket). The shared outbound client (`gateway.state.http`) and MCP's HTTP clients use it.
+  checks and the Host header still use the host name (the HTTP connection takes them from the URL,
+  not from the socket). The shared outbound client (`gateway.state.http`) and MCP's HTTP clients use it.
 
 Not allowed: loopback, RFC 1918 / unique-local, link-local (cloud metadata 169.254.169.254,
 fd00:ec2::254), CGNAT, multicast, reserved, unspecified (0.0.0.0, ::), 6to4, and the IPv4 address
@@ -208,8 +208,8 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with the SSRF check at connect time (see the module docstring), over
-    the LIFO keep-alive pool of `llm.pool` and the asyncio streams of `llm.netstream` instead of
-    httpcore's pool and anyio (HTTP/1.1 only)."""
+    the LIFO keep-alive pool of `llm.pool`, the HTTP/1.1 connections of `llm.h1` and the asyncio
+    streams of `llm.netstream` instead of httpcore's pool, h11 and anyio (HTTP/1.1 only)."""
 
     def __init__(self, *, verify: Any = True, limits: httpx.Limits | None = None) -> None:
         import httpcore

@@ -10,6 +10,7 @@ Used through `gateway.netguard.guarded_backend`, which checks every address befo
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,11 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        # asks the kernel whether the socket has something to read, without reading it
+        self._poll = select.poll()
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 (the interface)
         try:
@@ -66,9 +72,13 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            # the event loop reads for us: a connection the server closed (or wrote to) while
-            # idle shows up as end-of-stream or a closing transport, not as a readable socket
-            return self._reader.at_eof() or self._writer.transport.is_closing()
+            # whether an idle connection was closed or written to by the server: what the event
+            # loop has already read (end of stream, a closing transport, bytes in the reader's
+            # buffer), or what the kernel holds and the loop has not read yet (a FIN that came
+            # in since the loop last looked: the next request would otherwise go out on it)
+            reader = self._reader
+            return bool(reader.at_eof() or self._writer.transport.is_closing() or reader._buffer
+                        or self._poll.poll(0))
         if info == "client_addr":
             return self._writer.get_extra_info("sockname")
         if info == "server_addr":

@@ -7,10 +7,10 @@ with a stack per origin: a request pops the most recently used idle connection (
 check to spot a connection the server closed), or opens a new one while fewer than
 `max_connections` exist; a closed response pushes its connection back if it can be reused.
 
-The HTTP/1.1 protocol stays httpcore's (each connection is an `httpcore.AsyncHTTPConnection`, on
-the network backend it is given: the SSRF-checking one over `llm.netstream`). The pool speaks
-httpcore's request interface, so `httpx.AsyncHTTPTransport` (error mapping, streaming) wraps it
-unchanged."""
+Each connection is an `llm.h1.H1Connection` (HTTP/1.1 parsed by llhttp, in C), on the network
+backend the pool is given: the SSRF-checking one over `llm.netstream`. The pool speaks httpcore's
+request interface and raises its exceptions, so `httpx.AsyncHTTPTransport` (error mapping,
+streaming) wraps it unchanged."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpcore
+
+from llm.h1 import H1Connection
 
 Origin = httpcore.Origin
 
@@ -47,7 +49,7 @@ class LifoPool:
         self._max_idle = max_keepalive_connections
         self._backend = network_backend
         self._open = 0  # connections counted against max_connections, idle or busy
-        self._idle: dict[tuple, list[httpcore.AsyncHTTPConnection]] = {}  # by (scheme, host, port)
+        self._idle: dict[tuple, list[H1Connection]] = {}  # by (scheme, host, port)
         self._idle_count = 0
         # requests waiting for room, first come first served; each future gets the connection
         # handed over, or None for "room for one new connection is yours"
@@ -76,7 +78,7 @@ class LifoPool:
                 extensions=response.extensions,
             )
 
-    async def _acquire(self, origin: Origin, wait: float | None) -> httpcore.AsyncHTTPConnection:
+    async def _acquire(self, origin: Origin, wait: float | None) -> H1Connection:
         key = _key(origin)
         connection = self._reuse(key)
         if connection is not None:
@@ -89,7 +91,7 @@ class LifoPool:
         handed = await self._wait_in_line(key, wait)
         return handed if handed is not None else self._new(origin)
 
-    async def _wait_in_line(self, key: tuple, wait: float | None) -> httpcore.AsyncHTTPConnection | None:
+    async def _wait_in_line(self, key: tuple, wait: float | None) -> H1Connection | None:
         future = asyncio.get_running_loop().create_future()
         entry = (key, future)
         self._waiters.append(entry)
@@ -109,13 +111,10 @@ class LifoPool:
                 raise httpcore.PoolTimeout("no upstream connection became free in time") from None
             raise
 
-    def _new(self, origin: Origin) -> httpcore.AsyncHTTPConnection:
-        return httpcore.AsyncHTTPConnection(
-            origin=origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive_expiry,
-            network_backend=self._backend,
-        )
+    def _new(self, origin: Origin) -> H1Connection:
+        return H1Connection(origin, self._ssl_context, self._keepalive_expiry, self._backend)
 
-    def _reuse(self, key: tuple) -> httpcore.AsyncHTTPConnection | None:
+    def _reuse(self, key: tuple) -> H1Connection | None:
         stack = self._idle.get(key)
         while stack:
             connection = stack.pop()
@@ -142,7 +141,7 @@ class LifoPool:
                 return entry[1]
         return None
 
-    def _release(self, key: tuple, connection: httpcore.AsyncHTTPConnection) -> None:
+    def _release(self, key: tuple, connection: H1Connection) -> None:
         """A response is closed: hand its connection on, keep it for later, or let it go."""
         if not connection.is_idle() or connection.has_expired():
             self._forget(connection)
@@ -169,14 +168,14 @@ class LifoPool:
         else:
             self._open -= 1
 
-    def _forget(self, connection: httpcore.AsyncHTTPConnection) -> None:
+    def _forget(self, connection: H1Connection) -> None:
         """Make room now and close the connection in the background (closing a socket does not
         wait on the network, and must not be interrupted by a cancellation)."""
         self._free_room()
         task = asyncio.get_running_loop().create_task(connection.aclose())
         task.add_done_callback(_ignore_result)
 
-    async def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
+    async def _discard(self, connection: H1Connection) -> None:
         self._free_room()
         try:
             await connection.aclose()
@@ -199,7 +198,7 @@ class LifoPool:
 class _Released:
     """The response body; closing it hands the connection back to the pool exactly once."""
 
-    def __init__(self, stream: Any, pool: LifoPool, origin: Origin, connection: httpcore.AsyncHTTPConnection) -> None:
+    def __init__(self, stream: Any, pool: LifoPool, origin: Origin, connection: H1Connection) -> None:
         self._stream = stream
         self._pool = pool
         self._origin = origin
