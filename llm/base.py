@@ -20,6 +20,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 
 import httpx
+from httpx import USE_CLIENT_DEFAULT
 
 from llm.errors import UpstreamError, UpstreamTimeout, message_from_body, redact
 
@@ -45,6 +46,33 @@ RetryHook = Callable[[int, float, UpstreamError], None]
 e.g. to emit a `run.retrying` event. It must not raise."""
 
 
+class UpstreamClient(httpx.AsyncClient):
+    """The shared client, sending prepared requests straight to its transport.
+
+    Every caller sends a built request with no auth and without following redirects (web_fetch
+    follows them itself, checking each hop), and the client must keep no cookies (it serves every
+    tenant). httpx's `send` would still run its auth flow, redirect loop and cookie extraction on
+    every call — about a seventh of a chat completion's CPU, for nothing here. Anything else
+    (auth, redirects) goes through httpx's own `send`."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        self._direct = transport
+
+    async def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = USE_CLIENT_DEFAULT,
+                   follow_redirects: Any = USE_CLIENT_DEFAULT) -> httpx.Response:
+        if auth not in (USE_CLIENT_DEFAULT, None) or follow_redirects is True or self._mounts:
+            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+
+
 def create_http_client(
     *,
     connect_timeout: float = 10.0,
@@ -66,11 +94,10 @@ def create_http_client(
         max_keepalive_connections=max_keepalive_connections,
     )
     # one client serves every tenant: a cookie one provider sets must never travel with another
-    # tenant's call, so the jar keeps nothing
+    # tenant's call, so the jar keeps nothing (for the calls that take httpx's own `send`)
     cookies = httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
-    if transport is not None:
-        return httpx.AsyncClient(timeout=timeout, transport=transport(limits), cookies=cookies)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, cookies=cookies)
+    chosen = transport(limits) if transport is not None else httpx.AsyncHTTPTransport(limits=limits)
+    return UpstreamClient(timeout=timeout, transport=chosen, cookies=cookies)
 
 
 async def close_http_client(client: httpx.AsyncClient) -> None:
