@@ -49,12 +49,13 @@ def authorize(principal: Principal, method: str, path: str) -> None:
 async def authenticate_request(request) -> dict:
     """Connexion verification function: stores the Principal in the request context."""
     headers = request.headers
+    method, path = request.method, request.scope["path"]  # the scope's path: no URL object to build
     token = bearer_token(headers.get("authorization"))
-    if token is None and request.method == "GET" and request.url.path.startswith("/v1/media/"):
+    if token is None and method == "GET" and path.startswith("/v1/media/"):
         token = request.query_params.get("token") or None  # for <img src=...?token=>
     client = request.client
     principal = await resolve_token(token, headers.get("x-goclaw-user-id"), client.host if client else None)
-    authorize(principal, request.method, request.url.path)
+    authorize(principal, method, path)
     request.context["principal"] = principal
     return {"sub": principal.user_id, "role": int(principal.role)}
 

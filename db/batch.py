@@ -7,7 +7,10 @@ its spans) — never an update of a row a later statement of the same batch inse
 
 If a batch fails because the database is unreachable, it stays queued and is retried. If it fails
 because of one bad row, the rows are retried one by one and only the bad one is dropped (logged).
-`close()` flushes everything that is queued, so a clean shutdown loses nothing."""
+`close()` flushes everything that is queued, so a clean shutdown loses nothing.
+
+Rollups (`add_sum`) are added up in memory first: every request bumps the same hourly usage rows,
+so a batch carries one upsert per row touched instead of one per request."""
 
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ class BatchWriter:
         self.interval = interval
         self.max_batch = max_batch
         self._queue: list[tuple[str, Sequence[Any]]] = []
+        # rollup rows still waiting in the queue, by (statement, key): later sums are added in place
+        self._sums: dict[tuple[str, tuple], list[Any]] = {}
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -50,6 +55,19 @@ class BatchWriter:
         if len(self._queue) >= self.max_batch:
             self._wakeup.set()
 
+    def add_sum(self, sql: str, key: tuple, counts: tuple) -> None:
+        """Queue an upsert that adds `counts` to the row named by `key` (its parameters are the key,
+        then the counts). If a row for the same statement and key is still queued, the counts are
+        added to it instead. With no counts this de-duplicates (e.g. "this user was active today")."""
+        queued = self._sums.get((sql, key))
+        if queued is not None:
+            width = len(key)
+            queued[width:] = [a + b for a, b in zip(queued[width:], counts, strict=True)]
+            return
+        params = [*key, *counts]
+        self._sums[(sql, key)] = params
+        self.add(sql, params)
+
     @property
     def pending(self) -> int:
         return len(self._queue)
@@ -62,6 +80,7 @@ class BatchWriter:
         async with self._lock:
             while self._queue and self._written < target:
                 batch = self._queue[: min(self.max_batch, target - self._written)]
+                self._sums.clear()  # rows about to be written are not added to any more
                 try:
                     await self._write(batch)
                 except ApiError as exc:

@@ -47,16 +47,16 @@ ROLLUP_COUNTS = """request_count, llm_call_count, tool_call_count, error_count, 
     total_cost, total_duration_ms"""
 UPSERT_USAGE = f"""
 INSERT INTO usage_hourly AS u (bucket_hour, agent_id, user_id, provider, model, {ROLLUP_COUNTS})
-VALUES (date_trunc('hour', %s::timestamptz), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (bucket_hour, agent_id, user_id, provider, model) DO UPDATE SET {ROLLUP_ADD}
 """
 UPSERT_USAGE_GLOBAL = f"""
 INSERT INTO usage_hourly_global AS u (bucket_hour, agent_id, provider, model, {ROLLUP_COUNTS})
-VALUES (date_trunc('hour', %s::timestamptz), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (bucket_hour, agent_id, provider, model) DO UPDATE SET {ROLLUP_ADD}
 """
 MARK_ACTIVE_USER = """
-INSERT INTO usage_daily_users (day, user_id, agent_id) VALUES ((%s::timestamptz AT TIME ZONE 'UTC')::date, %s, %s)
+INSERT INTO usage_daily_users (day, user_id, agent_id) VALUES (%s, %s, %s)
 ON CONFLICT DO NOTHING
 """
 
@@ -177,6 +177,7 @@ class TraceRecorder:
 
     def _queue_rollup(self, writer, status: str, duration: int, tool_calls: int, llm_spans: list[Span]) -> None:
         agent_id = self.agent.get("id") or NO_AGENT
+        hour = self.started.replace(minute=0, second=0, microsecond=0)  # UTC hour bucket
         per_model: dict[tuple[str, str], list[Span]] = {}
         for span in llm_spans:
             per_model.setdefault((span.provider or "", span.model or ""), []).append(span)
@@ -190,10 +191,10 @@ class TraceRecorder:
                 sum(s.usage.input_tokens for s in spans), sum(s.usage.output_tokens for s in spans),
                 sum((s.cost for s in spans), Decimal(0)), duration if first else 0,
             )
-            writer.add(UPSERT_USAGE, (self.started, agent_id, self.user_id, provider, model, *counts))
-            writer.add(UPSERT_USAGE_GLOBAL, (self.started, agent_id, provider, model, *counts))
+            writer.add_sum(UPSERT_USAGE, (hour, agent_id, self.user_id, provider, model), counts)
+            writer.add_sum(UPSERT_USAGE_GLOBAL, (hour, agent_id, provider, model), counts)
         if self.user_id:
-            writer.add(MARK_ACTIVE_USER, (self.started, self.user_id, agent_id))
+            writer.add_sum(MARK_ACTIVE_USER, (self.started.date(), self.user_id, agent_id), ())
 
 
 def _span_metadata(span: Span) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 
 import httpx
@@ -109,6 +110,24 @@ def test_usage_and_costs_equal_what_the_traces_say(gateway, agent_for, admin):
     assert len(day["points"]) == 24 and sum(p["input_tokens"] for p in day["points"]) == summary["input_tokens"]
     costs = admin.get("/v1/costs/summary", params={"agent_id": agent_id}).json()
     assert costs["total_cost"] == pytest.approx(summary["cost"])
+
+
+def test_usage_rollups_add_up_when_concurrent_requests_share_a_write_batch(gateway, agent_for, admin):
+    """Rollup rows of requests written in one batch are summed before the upsert: nothing is lost."""
+    setup = agent_for(owner="erin")
+    client = sdk(gateway, user="erin")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: client.chat.completions.create(
+            model=setup["model"], messages=[{"role": "user", "content": "x" * n}]), range(1, 17)))
+    agent_id = setup["agent"]["id"]
+    assert wait_until(lambda: admin.get("/v1/traces", params={"agent_id": agent_id, "limit": 50}).json()["total"] == 16,
+                      timeout=5)
+    traces = admin.get("/v1/traces", params={"agent_id": agent_id, "limit": 50}).json()["traces"]
+    summary = admin.get("/v1/usage/summary", params={"agent_id": agent_id}).json()["current"]
+    assert summary["requests"] == 16
+    assert summary["input_tokens"] == sum(t["total_input_tokens"] for t in traces)
+    assert summary["output_tokens"] == sum(t["total_output_tokens"] for t in traces)
+    assert summary["cost"] == pytest.approx(sum(t["total_cost"] for t in traces))
 
 
 def test_usage_of_other_tenants_is_invisible(gateway, agent_for, client_for, make_key):
