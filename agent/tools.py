@@ -82,7 +82,7 @@ class ToolSet:
         for tool in tools:
             self._tools.setdefault(tool.name, tool)  # first definition of a name wins
         self.max_output_bytes = max_output_bytes
-        self._specs = [ToolSpec(t.name, t.description, t.parameters) for t in self._tools.values()]
+        self._specs = tuple(ToolSpec(t.name, t.description, t.parameters) for t in self._tools.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
@@ -96,9 +96,10 @@ class ToolSet:
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 
-    def specs(self) -> list[ToolSpec]:
-        """What the model is offered, in a stable order (a ToolSet never changes: built once)."""
-        return list(self._specs)
+    def specs(self) -> tuple[ToolSpec, ...]:
+        """What the model is offered, in a stable order (a ToolSet never changes: built once). The
+        same tuple every time, so adapters encode it once (`llm.base.encoded_once`)."""
+        return self._specs
 
     async def call(self, name: str, arguments: dict, ctx: ToolContext) -> ToolResult:
         tool = self._tools.get(name)

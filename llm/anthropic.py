@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from llm.base import BaseClient
+from llm.base import BaseClient, encoded_once
 from llm.convert import finish_reason, parse_arguments, system_texts
 from llm.errors import UpstreamError
 from llm.types import (
@@ -17,6 +17,7 @@ from llm.types import (
     Model,
     StreamEvent,
     ToolCall,
+    ToolSpec,
     Usage,
 )
 
@@ -55,6 +56,10 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
+def _tool_specs(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools]
+
+
 def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """Translate a ChatRequest into a /messages body.
 
@@ -74,9 +79,7 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     if req.temperature is not None:
         body["temperature"] = req.temperature
     if req.tools:
-        body["tools"] = [
-            {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in req.tools
-        ]
+        body["tools"] = encoded_once(req.tools, _tool_specs)
     if stream:
         body["stream"] = True
     return body

@@ -152,9 +152,43 @@ async def drain(lines: AsyncIterator[str]) -> None:
         pass
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class EncodedJSON(bytes):
+    """A value already encoded as JSON; `encode_json` puts it in as it is (as the value of a
+    top-level key of a request body)."""
+
+
 def encode_json(body: Any) -> bytes:
-    """Compact UTF-8 JSON, as httpx would send it (NaN refused: no provider parses it)."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, as httpx would send it (NaN refused: no provider parses it), with the
+    EncodedJSON values of a top-level object spliced in."""
+    if not isinstance(body, dict) or not any(isinstance(v, EncodedJSON) for v in body.values()):
+        return _dumps(body)
+    head = _dumps({k: v for k, v in body.items() if not isinstance(v, EncodedJSON)})
+    tail = b",".join(_dumps(k) + b":" + v for k, v in body.items() if isinstance(v, EncodedJSON))
+    return head[:-1] + (b"," if len(head) > 2 else b"") + tail + b"}"
+
+
+_encoded: dict[tuple[int, Callable], tuple[Any, EncodedJSON]] = {}
+MAX_ENCODED = 256
+
+
+def encoded_once(source: Any, convert: Callable[[Any], Any]) -> EncodedJSON:
+    """`convert(source)` as JSON, remembered for as long as the same `source` object comes back.
+    An agent's tool list (a ToolSet's specs tuple) is the same object on every call and encoding
+    it was the largest part of building an upstream request. The entry keeps `source` alive, so
+    its id cannot be reused by another object while cached."""
+    key = (id(source), convert)
+    hit = _encoded.get(key)
+    if hit is not None and hit[0] is source:
+        return hit[1]
+    value = EncodedJSON(_dumps(convert(source)))
+    if len(_encoded) >= MAX_ENCODED:
+        del _encoded[next(iter(_encoded))]
+    _encoded[key] = (source, value)
+    return value
 
 
 class BaseClient:

@@ -7,12 +7,12 @@ cannot leak through access logs, proxies or error messages that echo URLs.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
-from llm.base import BaseClient
+from llm.base import BaseClient, encoded_once
 from llm.convert import finish_reason, new_call_id, system_texts
 from llm.errors import UpstreamError, message_from_body
 from llm.types import (
@@ -112,6 +112,10 @@ def _contents(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
+def _tool_specs(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    return [{"functionDeclarations": [_declaration(t) for t in tools]}]
+
+
 def build_body(req: ChatRequest) -> dict[str, Any]:
     """Translate a ChatRequest into a generateContent body (the same body
     serves streaming; the endpoint decides)."""
@@ -120,7 +124,7 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
     if system:
         body["systemInstruction"] = {"parts": [{"text": t} for t in system]}
     if req.tools:
-        body["tools"] = [{"functionDeclarations": [_declaration(t) for t in req.tools]}]
+        body["tools"] = encoded_once(req.tools, _tool_specs)
     config: dict[str, Any] = {}
     if req.max_tokens is not None:
         config["maxOutputTokens"] = req.max_tokens

@@ -4,11 +4,11 @@ copies it (Groq, DeepSeek, Mistral, xAI, Ollama, ...)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from llm.base import BaseClient
+from llm.base import BaseClient, encoded_once
 from llm.convert import finish_reason, new_call_id, parse_arguments
 from llm.errors import UpstreamError, message_from_body
 from llm.types import (
@@ -18,6 +18,7 @@ from llm.types import (
     Model,
     StreamEvent,
     ToolCall,
+    ToolSpec,
     Usage,
 )
 
@@ -53,23 +54,18 @@ def _message(m: Message) -> dict[str, Any]:
     return {"role": m.role, "content": m.content}
 
 
+def _tool_specs(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in tools]
+
+
 def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """Translate a ChatRequest into a /chat/completions body."""
     messages = [{"role": "system", "content": req.system}] if req.system else []
     messages += [_message(m) for m in req.messages]
     body: dict[str, Any] = {"model": req.model, "messages": messages}
     if req.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": t.parameters,
-                },
-            }
-            for t in req.tools
-        ]
+        body["tools"] = encoded_once(req.tools, _tool_specs)
         body["tool_choice"] = "auto"
     reasoning = _is_reasoning_model(req.model)
     if req.max_tokens is not None:

@@ -6,6 +6,7 @@ from one wire format, so nothing above `llm/` knows which provider it talks to.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,7 +56,7 @@ class ChatRequest:
 
     model: str
     messages: list[Message]
-    tools: list[ToolSpec] = field(default_factory=list)
+    tools: Sequence[ToolSpec] = ()
     max_tokens: int | None = None
     temperature: float | None = None
     system: str | None = None
