@@ -244,7 +244,7 @@ class HeadTimeoutHttpTools(HttpToolsProtocol):
     _head_bytes = 0  # bytes received since the current head began; -1 once it is complete
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(OneSendPerTurn(transport, self.loop))
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -284,6 +284,46 @@ class HeadTimeoutHttpTools(HttpToolsProtocol):
         idle = self.cycle is None or self.cycle.response_complete
         if idle and not self.transport.is_closing():
             self.transport.close()  # still no complete request head: drop the connection
+
+
+class OneSendPerTurn:
+    """A transport whose writes made in one turn of the event loop leave in one send. uvicorn
+    writes a response's head as soon as it starts and its body after: two syscalls and two
+    wake-ups of the client for every response. Here they are joined and sent at the end of the
+    turn (a streamed response's later chunks still go out as they come, one turn each)."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending or ()))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str):  # everything else is the real transport's
+        return getattr(self._transport, name)
 
 
 class ReplaceNul:
