@@ -46,10 +46,7 @@ def agent_ref(model: str | None, header_agent: str | None) -> str:
 
 async def cached_agent(principal: Principal, ref: str) -> dict:
     key = (principal.is_admin, principal.user_id, ref)
-    agent = _agents.get(key)
-    if agent is None:
-        agent = await agents.resolve(principal, ref)
-        _agents.set(key, agent)
+    agent = await _agents.get_or_load(key, lambda: agents.resolve(principal, ref))
     if agent["status"] != "active":
         raise ApiError(409, "error.agent_inactive", agent["agent_key"], agent["status"])
     return agent
@@ -64,13 +61,12 @@ def upstream_error(exc: UpstreamError) -> ApiError:
 async def _equipment(principal: Principal, agent: dict) -> tuple[object | None, object | None, str]:
     """The agent's ToolSet and its context ((None, None) without tools) and its skills prompt.
     Building them reads several tables, so they are cached briefly and dropped on any change."""
-    key = (agent["id"], agent["updated_at"], principal.user_id)
-    cached = _toolsets.get(key)
-    if cached is None:
-        cached = (await tools_for_agent(principal, agent), await skills.skills_prompt(principal, agent),
-                  agent_root(agent["agent_key"], principal.user_id))
-        _toolsets.set(key, cached)
-    toolset, skills_prompt, workspace = cached
+    async def build() -> tuple:
+        return (await tools_for_agent(principal, agent), await skills.skills_prompt(principal, agent),
+                agent_root(agent["agent_key"], principal.user_id))
+
+    toolset, skills_prompt, workspace = await _toolsets.get_or_load(
+        (agent["id"], agent["updated_at"], principal.user_id), build)
     if not len(toolset):
         return None, None, skills_prompt
     return toolset, ToolContext(principal=principal, agent=agent, workspace=workspace), skills_prompt
