@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from pathlib import Path
 
@@ -46,6 +47,21 @@ MIDDLEWARES = [
 ]
 
 
+GC_YOUNG_THRESHOLD = 20_000  # net container allocations between young collections (Python's default: 700)
+
+
+def settle_garbage_collector() -> None:
+    """Called once the app has started. What is alive then (modules, the served document,
+    Connexion's operations, pools, caches' owners) lives as long as the process: `gc.freeze()`
+    takes it out of the cyclic collector's view, so full collections stop re-scanning it. Young
+    collections run every GC_YOUNG_THRESHOLD allocations instead of 700: a chat request allocates
+    thousands of short-lived objects, so the collector ran several times per request
+    (−11% gateway CPU per chat request, A/B in bench/chat_bench.py's setup)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(_app):
     settings = state.settings
@@ -65,6 +81,7 @@ async def lifespan(_app):
     state.writer.start()
     try:
         await ws_server.start()  # WebSocket RPC on GOCLAW_WS_PORT, same loop and pool
+        settle_garbage_collector()
         yield
     finally:
         await ws_server.stop()
