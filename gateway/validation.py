@@ -12,7 +12,8 @@ import typing as t
 import uuid
 
 import fastjsonschema
-from connexion.exceptions import BadRequestProblem
+from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import BadRequestProblem, UnsupportedMediaTypeProblem
 from connexion.json_schema import Draft4RequestValidator
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
@@ -320,7 +321,9 @@ def validator_map() -> dict:
 
 class ValidateOnce(RequestValidationOperation):
     """Connexion's request validation of one operation, with the URI parser, the parameter
-    validator and the body validators built once (Connexion builds all three per request)."""
+    validator, the body validators and the accepted media types built once (Connexion builds
+    them per request); parameters are not checked when the operation has none and the request
+    no query string (nothing could fail)."""
 
     def __init__(self, next_app: t.Any, *, operation: AbstractOperation, strict_validation: bool = False,
                  validator_map: dict | None = None) -> None:
@@ -332,6 +335,9 @@ class ValidateOnce(RequestValidationOperation):
             strict_validation=strict_validation, security_query_params=self.security_query_params,
         )
         self._bodies: dict[tuple[str, str], t.Any] = {}
+        self._has_parameters = bool(parameters)  # without any, only a query string can be wrong
+        self._consumes = MediaTypeDict([(c.lower(), None) for c in operation.consumes])
+        self._accepted: set[str] = set()  # mime types already found acceptable
 
     def _body_validator(self, mime_type: str, encoding: str) -> t.Any:
         key = (mime_type, encoding)
@@ -359,8 +365,20 @@ class ValidateOnce(RequestValidationOperation):
         validator.mime_type = mime_type
         return validator
 
+    def validate_mime_type(self, mime_type: str) -> None:
+        """Connexion's check (media ranges included) against a table built once."""
+        if mime_type in self._accepted or not self._operation.consumes:
+            return
+        if mime_type.lower() not in self._consumes:
+            raise UnsupportedMediaTypeProblem(
+                detail=f"Invalid Content-type ({mime_type}), expected {self._operation.consumes}"
+            )
+        if len(self._accepted) < 8:
+            self._accepted.add(mime_type)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._parameters.validate(scope)
+        if self._has_parameters or scope.get("query_string"):
+            self._parameters.validate(scope)
         mime_type, encoding = self.extract_content_type(scope["headers"])
         self.validate_mime_type(mime_type)
         validator = self._body_validator(mime_type, encoding)
