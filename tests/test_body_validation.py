@@ -18,15 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft4Validator
 
+from gateway.fastschema import DRAFT4, FAST_KEYWORDS, SLOW_KEYWORDS, fast_path_refusal, fast_validator_for
 from gateway.spec import EXT_PATH, SEED_PATH, load_document
-from gateway.validation import (
-    DRAFT4,
-    FAST_KEYWORDS,
-    SLOW_KEYWORDS,
-    StrictJSONBodyValidator,
-    fast_path_refusal,
-    fast_validator_for,
-)
+from gateway.validation import StrictJSONBodyValidator
 
 CHAT = "POST /v1/chat/completions"
 CHAT_BODY = {"model": "goclaw:bench", "messages": [{"role": "user", "content": "hello there"}]}
