@@ -32,6 +32,7 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "grok-3-mini": {"input": 0.30, "output": 0.50},
 }
 MILLION = Decimal(1_000_000)
+EIGHT_PLACES = Decimal("0.00000001")
 
 
 @lru_cache(maxsize=1)
@@ -55,16 +56,24 @@ def price_for(model: str) -> dict[str, float] | None:
     return table[max(candidates, key=len)] if candidates else None
 
 
-def cost(model: str, usage: Usage) -> Decimal:
-    """USD for one call; cached prompt tokens are billed at the cache-read price when known."""
+@lru_cache(maxsize=1024)
+def _decimal_prices(model: str) -> tuple[Decimal, Decimal, Decimal] | None:
+    """(input, cache read, output) as Decimals, converted once per model."""
     price = price_for(model)
     if price is None:
+        return None
+    return (Decimal(str(price.get("input", 0))), Decimal(str(price.get("cache_read", price.get("input", 0)))),
+            Decimal(str(price.get("output", 0))))
+
+
+def cost(model: str, usage: Usage) -> Decimal:
+    """USD for one call; cached prompt tokens are billed at the cache-read price when known."""
+    prices = _decimal_prices(model)
+    if prices is None:
         return Decimal(0)
+    input_price, cache_read_price, output_price = prices
     cached = min(usage.cache_read_tokens, usage.input_tokens)
     fresh = usage.input_tokens - cached
-    total = (
-        Decimal(fresh) * Decimal(str(price.get("input", 0)))
-        + Decimal(cached) * Decimal(str(price.get("cache_read", price.get("input", 0))))
-        + Decimal(usage.output_tokens) * Decimal(str(price.get("output", 0)))
-    )
-    return (total / MILLION).quantize(Decimal("0.00000001"))
+    total = (Decimal(fresh) * input_price + Decimal(cached) * cache_read_price
+             + Decimal(usage.output_tokens) * output_price)
+    return (total / MILLION).quantize(EIGHT_PLACES)

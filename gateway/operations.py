@@ -13,7 +13,9 @@ value becomes a response through its response decorator."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import copy
+import types
 import typing as t
 
 from connexion.apps.asynchronous import AsyncApi
@@ -26,10 +28,11 @@ from connexion.decorators.parameter import (
     unwrap_decorators,
 )
 from connexion.decorators.response import AsyncResponseDecorator
+from connexion.exceptions import NonConformingResponseHeaders
 from connexion.frameworks.starlette import Starlette as StarletteFramework
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.operations import AbstractOperation
-from connexion.utils import inspect_function_arguments, is_null, is_nullable
+from connexion.utils import extract_content_type, inspect_function_arguments, is_null, is_nullable
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
@@ -57,7 +60,8 @@ class CompiledOperation:
         self.takes_body = self.body_name is not None and (self.body_name in arguments or self.has_kwargs)
         self.takes_files = operation.is_request_body_defined and any(c in FORM_TYPES for c in operation.consumes)
         self.context_names = None if self.has_kwargs else frozenset(arguments)
-        self.responses = AsyncResponseDecorator(framework=StarletteFramework, jsonifier=jsonifier)
+        self.responses = OperationResponses(operation, jsonifier)
+        self.body_schemas: dict[str, dict] = {}  # by media type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kwargs = await self.arguments_for(scope, receive)
@@ -96,7 +100,11 @@ class CompiledOperation:
         return kwargs
 
     def _json_argument(self, mime_type: str, body: t.Any) -> dict[str, t.Any]:
-        schema = self.operation.body_schema(mime_type)
+        schema = self.body_schemas.get(mime_type)
+        if schema is None:
+            schema = self.operation.body_schema(mime_type)
+            if len(self.body_schemas) < 8:
+                self.body_schemas[mime_type] = schema
         if is_nullable(schema) and is_null(body):
             body = None
         elif body is None:
@@ -113,6 +121,41 @@ class CompiledOperation:
         if isinstance(result, ConnexionResponse):
             return StarletteFramework.connexion_to_framework_response(result)
         return self.responses.build_framework_response(result)
+
+
+class OperationResponses(AsyncResponseDecorator):
+    """Connexion's response building for one operation, with the operation's media types read
+    once (Connexion reads them per response, through its context-local `operation` proxy)."""
+
+    def __init__(self, operation: AbstractOperation, jsonifier: t.Any) -> None:
+        super().__init__(framework=StarletteFramework, jsonifier=jsonifier)
+        self.produces = list(dict.fromkeys(operation.produces))
+        self.declared = operation.produces
+
+    def _infer_content_type(self, data: t.Any, headers: dict) -> str | None:  # type: ignore[override]
+        """The rule of Connexion's `_infer_content_type`: a Content-Type the handler set must be one
+        the operation produces; otherwise the only one it produces (JSON when it declares none and
+        there is a body); with several, text for a str and octet-stream for bytes or iterators."""
+        content_type = extract_content_type(headers)
+        produces = self.produces or (["application/json"] if data is not None else [])
+        if content_type:
+            if content_type not in produces:
+                raise NonConformingResponseHeaders(
+                    f"Returned content type ({content_type}) is not defined in operation spec ({self.declared})."
+                )
+            return content_type
+        if len(produces) <= 1:
+            return produces[0] if produces else None
+        wanted = "text/plain" if isinstance(data, str) else (
+            "application/octet-stream" if isinstance(data, bytes | types.GeneratorType | collections.abc.Iterator)
+            else None)
+        chosen = next((p for p in produces if wanted and wanted in p), None)
+        if chosen is None:
+            raise NonConformingResponseHeaders(
+                "Multiple response content types are defined in the operation spec, but the handler "
+                "response did not specify which one to return."
+            )
+        return chosen
 
 
 class GatewayApi(AsyncApi):
