@@ -9,6 +9,9 @@ If a batch fails because the database is unreachable, it stays queued and is ret
 because of one bad row, the rows are retried one by one and only the bad one is dropped (logged).
 `close()` flushes everything that is queued, so a clean shutdown loses nothing.
 
+Plain inserts of many rows (traces, spans) can be queued as `CopyInto(table, columns)`: they are
+written with COPY, about half the client CPU per row of an `executemany`.
+
 Rollups (`add_sum`) are added up in memory first: every request bumps the same hourly usage rows,
 so a batch carries one upsert per row touched instead of one per request."""
 
@@ -23,10 +26,39 @@ import psycopg
 
 import db
 from gateway.errors import ApiError
+from gateway.validation import REPLACEMENT, UNSTORABLE
 
 log = logging.getLogger("goclaw.batch")
 
 MAX_QUEUED = 200_000  # beyond this (a long outage) the oldest writes are dropped, loudly
+
+
+REFUSALS = (psycopg.Error, ApiError, UnicodeError)  # how a row the database cannot take fails
+
+
+def storable(value: Any) -> Any:
+    """A refused row's value as PostgreSQL can store it: text holds no U+0000 (jsonb not even its
+    `\\u0000` escape) and UTF-8 no lone surrogate, so each becomes U+FFFD (as request input does)."""
+    if isinstance(value, str):
+        return UNSTORABLE.sub(REPLACEMENT, value).replace("\\u0000", "\\ufffd")
+    return value
+
+
+class CopyInto(str):
+    """An INSERT of `columns` into `table` (its text), written with COPY when batched."""
+
+    table: str
+    columns: tuple[str, ...]
+
+    def __new__(cls, table: str, columns: tuple[str, ...]) -> CopyInto:
+        names = ", ".join(columns)
+        statement = super().__new__(cls, f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})")
+        statement.table, statement.columns = table, columns
+        return statement
+
+    @property
+    def copy_statement(self) -> str:
+        return f"COPY {self.table} ({', '.join(self.columns)}) FROM STDIN"
 
 
 class BatchWriter:
@@ -87,7 +119,7 @@ class BatchWriter:
                     if exc.status == 503:
                         raise  # database unreachable: keep the batch queued
                     await self._write_one_by_one(batch)  # a value the database refuses
-                except psycopg.Error:
+                except (psycopg.Error, UnicodeError):  # e.g. a lone surrogate psycopg cannot encode
                     await self._write_one_by_one(batch)
                 del self._queue[: len(batch)]
                 self._written += len(batch)
@@ -98,17 +130,35 @@ class BatchWriter:
             rows_by_sql.setdefault(sql, []).append(params)
         async with db.transaction() as conn, conn.cursor() as cur:
             for sql, rows in rows_by_sql.items():
-                await cur.executemany(sql, rows)
+                if isinstance(sql, CopyInto):
+                    async with cur.copy(sql.copy_statement) as copy:
+                        for row in rows:
+                            await copy.write_row(row)
+                else:
+                    await cur.executemany(sql, rows)
 
     async def _write_one_by_one(self, batch: list[tuple[str, Sequence[Any]]]) -> None:
+        """After a failed batch: each row on its own. A row refused for a value PostgreSQL cannot
+        store (U+0000, a lone surrogate) is stored with U+FFFD instead; any other refusal drops
+        the row alone (logged)."""
         for sql, params in batch:
             try:
-                async with db.transaction() as conn:
-                    await conn.execute(sql, params)
-            except (psycopg.Error, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status == 503:
-                    raise
-                log.error("dropping a write that the database refuses: %s", exc)
+                await self._write_row(sql, params)
+            except REFUSALS as exc:
+                cleaned = [storable(value) for value in params]
+                try:
+                    if cleaned == list(params):
+                        raise
+                    await self._write_row(sql, cleaned)
+                except REFUSALS as again:
+                    if isinstance(again, ApiError) and again.status == 503:
+                        raise
+                    log.error("dropping a write that the database refuses: %s", exc)
+
+    @staticmethod
+    async def _write_row(sql: str, params: Sequence[Any]) -> None:
+        async with db.transaction() as conn:
+            await conn.execute(sql, params)
 
     async def run(self) -> None:
         while True:

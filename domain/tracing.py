@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from db.batch import CopyInto
 from db.ids import uuid7
 from domain import pricing
 from llm import Usage
@@ -21,18 +22,16 @@ from llm import Usage
 PREVIEW = 500
 NO_AGENT = uuid.UUID(int=0)
 
-INSERT_TRACE = """
-INSERT INTO traces (id, agent_id, user_id, session_key, run_id, name, channel, start_time, end_time,
-    duration_ms, input_preview, output_preview, total_input_tokens, total_output_tokens, total_cost,
-    span_count, llm_call_count, tool_call_count, status, error, metadata, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
-INSERT_SPAN = """
-INSERT INTO spans (id, trace_id, agent_id, span_type, name, start_time, end_time, duration_ms, status,
-    error, model, provider, input_tokens, output_tokens, total_cost, finish_reason, tool_name,
-    tool_call_id, input_preview, output_preview, metadata, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
+INSERT_TRACE = CopyInto("traces", (
+    "id", "agent_id", "user_id", "session_key", "run_id", "name", "channel", "start_time", "end_time", "duration_ms",
+    "input_preview", "output_preview", "total_input_tokens", "total_output_tokens", "total_cost", "span_count",
+    "llm_call_count", "tool_call_count", "status", "error", "metadata", "created_at",
+))
+INSERT_SPAN = CopyInto("spans", (
+    "id", "trace_id", "agent_id", "span_type", "name", "start_time", "end_time", "duration_ms", "status", "error",
+    "model", "provider", "input_tokens", "output_tokens", "total_cost", "finish_reason", "tool_name", "tool_call_id",
+    "input_preview", "output_preview", "metadata", "created_at",
+))
 ROLLUP_ADD = """
     request_count = u.request_count + EXCLUDED.request_count,
     llm_call_count = u.llm_call_count + EXCLUDED.llm_call_count,

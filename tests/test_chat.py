@@ -130,6 +130,22 @@ def test_usage_rollups_add_up_when_concurrent_requests_share_a_write_batch(gatew
     assert summary["cost"] == pytest.approx(sum(t["total_cost"] for t in traces))
 
 
+def test_a_reply_the_database_cannot_store_as_text_is_still_traced_and_kept(gateway, agent_for, llm_stub, admin):
+    """PostgreSQL text cannot hold U+0000: a model reply with one is stored with U+FFFD instead,
+    and its trace, span and transcript are written like any other (the batch used to drop them)."""
+    setup = agent_for(owner="frank")
+    llm_stub.script({"wire": "openai", "text": "nul\u0000byte"})
+    reply = sdk(gateway, user="frank").chat.completions.create(
+        model=setup["model"], messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "nul\u0000byte"  # the caller gets the reply as sent
+    agent_id = setup["agent"]["id"]
+    assert wait_until(lambda: admin.get("/v1/traces", params={"agent_id": agent_id}).json()["total"] == 1, timeout=5)
+    trace = admin.get("/v1/traces", params={"agent_id": agent_id}).json()["traces"][0]
+    detail = admin.get(f"/v1/traces/{trace['id']}").json()
+    assert trace["output_preview"] == "nul\ufffdbyte" and len(detail["spans"]) == 1
+    assert [m["content"] for m in detail["messages"]] == ["hi", "nul\ufffdbyte"]
+
+
 def test_usage_of_other_tenants_is_invisible(gateway, agent_for, client_for, make_key):
     setup = agent_for(owner="dave")
     sdk(gateway, user="dave").chat.completions.create(model=setup["model"], messages=[{"role": "user", "content": "x"}])
