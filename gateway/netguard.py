@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from httpcore._utils import is_socket_readable
 
@@ -206,22 +207,30 @@ def guarded_backend(core: Any, refused: Callable[[str], BaseException], inner: A
     return GuardedBackend(inner)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the SSRF check at connect time (see the module docstring), over
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport with the SSRF check at connect time (see the module docstring), over
     the LIFO keep-alive pool of `llm.pool`, the HTTP/1.1 connections of `llm.h1` and the asyncio
-    streams of `llm.netstream` instead of httpcore's pool, h11 and anyio (HTTP/1.1 only)."""
+    streams of `llm.netstream` (HTTP/1.1 only, no proxies).
+
+    The pool works on httpx's request and response types and raises httpx's exceptions, so this
+    transport hands requests straight through: `httpx.AsyncHTTPTransport` would convert each one
+    to httpcore's types and back and map exceptions around the call and every body chunk."""
 
     def __init__(self, *, verify: Any = True, limits: httpx.Limits | None = None) -> None:
-        import httpcore
-
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        self._pool = LifoPool(  # everything httpx's own __init__ would set up is this pool
+        self._pool = LifoPool(
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             max_connections=limits.max_connections or 100,
             max_keepalive_connections=limits.max_keepalive_connections or 20,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=guarded_backend(httpcore, AddressRefused, AsyncioBackend()),
         )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
 
 
 def upstream_http_client() -> httpx.AsyncClient:

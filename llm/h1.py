@@ -8,14 +8,19 @@ small body in one write, and each read is handed to the parser, whose callbacks 
 response. No locks: the pool never gives a connection a second request before the first one's
 response is closed.
 
-It speaks httpcore's connection interface (`handle_async_request`, `is_available`, `is_idle`,
-`has_expired`, `aclose`) and raises httpcore's exceptions, which `httpx.AsyncHTTPTransport` maps
-to httpx's."""
+It works on httpx's own types: the method, URL, headers, body stream and timeouts come straight
+from the `httpx.Request`, the answer is an `httpx.Response` whose stream is the body as it arrives,
+and failures are httpx's exceptions, raised with the request attached. httpx's own transport would
+convert each request to httpcore's types and each response back, and wrap the call and every body
+chunk in an exception-mapping context manager: a sizeable share of an upstream call's CPU, for
+nothing. The network layer under it (`llm.netstream` behind the SSRF guard) keeps httpcore's
+interface; the few httpcore exceptions it raises become httpx's where this connection calls it."""
 
 from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpcore
@@ -32,6 +37,22 @@ IN_MEMORY = httpx.ByteStream  # a request body that is one bytes object (any oth
 
 _NEW, _ACTIVE, _IDLE, _CLOSED = range(4)
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+# what the network layer raises (httpcore's interface), as httpx's exception of the same meaning
+_NETWORK_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+}
+
+Origin = tuple[bytes, bytes, int]  # (scheme, host, port): what a connection is for, and the pool's key
+
+
+class ConnectionNotAvailable(Exception):
+    """This connection cannot take the request (busy, or closed by the server while idle): the
+    pool closes it and tries another, so the request itself never fails for it."""
 
 
 class _Stop(Exception):
@@ -44,7 +65,9 @@ class H1Connection:
 
     One request at a time (the pool's guarantee). A response body is a `_Body`; the connection is
     idle again once that body was read to its end, or closed when it is closed early, on any
-    error, and on cancellation (it is never reused mid-response)."""
+    error, and on cancellation (it is never reused mid-response). Either way, once the body is
+    done with, `released(connection)` is called (exactly once per response): the pool takes it back
+    or lets it go."""
 
     __slots__ = (
         "_backend",
@@ -62,18 +85,23 @@ class H1Connection:
         "_parts",
         "_read_timeout",
         "_reason",
+        "_released",
+        "_request",
         "_ssl_context",
         "_state",
         "_status",
         "_stream",
+        "origin",
     )
 
-    def __init__(self, origin: httpcore.Origin, ssl_context: ssl.SSLContext | None, keepalive_expiry: float | None,
-                 network_backend: httpcore.AsyncNetworkBackend) -> None:
-        self._origin = origin
+    def __init__(self, origin: Origin, ssl_context: ssl.SSLContext | None, keepalive_expiry: float | None,
+                 network_backend: httpcore.AsyncNetworkBackend, released: Callable[[H1Connection], None]) -> None:
+        self.origin = origin
         self._ssl_context = ssl_context
         self._keepalive_expiry = keepalive_expiry
         self._backend = network_backend
+        self._released = released
+        self._request: httpx.Request | None = None  # the request being answered (for its errors)
         self._stream: Any = None
         self._state = _NEW
         self._idle_since = 0.0
@@ -93,15 +121,19 @@ class H1Connection:
 
     # --- the pool's interface -------------------------------------------------------------------
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` and read the response head; the body follows as the response's stream.
+        Raises ConnectionNotAvailable when this connection cannot take it (the pool's cue to try
+        another), else httpx's exceptions."""
         state = self._state
         if state == _IDLE:
             if self._stream.get_extra_info("is_readable"):  # closed by the server, or stray bytes
                 await self.aclose()
-                raise httpcore.ConnectionNotAvailable()
+                raise ConnectionNotAvailable
         elif state != _NEW:
-            raise httpcore.ConnectionNotAvailable()
+            raise ConnectionNotAvailable
         self._state = _ACTIVE
+        self._request = request
         timeouts = request.extensions.get("timeout") or {}
         try:
             stream = self._stream
@@ -109,12 +141,16 @@ class H1Connection:
                 stream = await self._connect(request, timeouts.get("connect"))
             await self._send(stream, request, timeouts.get("write"))
             self._read_timeout = timeouts.get("read")
-            await self._receive_head(stream, request.method == b"HEAD")
-        except BaseException:
+            await self._receive_head(stream, request.method == "HEAD")
+        except BaseException as exc:
+            self._request = None
             await self.aclose()
-            raise
+            error = _network_error(exc, request)
+            if error is None:
+                raise
+            raise error from exc
         version = self._parser.get_http_version()
-        return httpcore.Response(self._status, headers=self._headers, content=_Body(self), extensions={
+        return httpx.Response(self._status, headers=self._headers, stream=_Body(self), request=request, extensions={
             "http_version": _VERSIONS.get(version) or b"HTTP/" + version.encode(),
             "reason_phrase": self._reason,
             "network_stream": stream,
@@ -146,11 +182,11 @@ class H1Connection:
 
     # --- one exchange ---------------------------------------------------------------------------
 
-    async def _connect(self, request: httpcore.Request, timeout: float | None) -> Any:  # noqa: ASYNC109
-        origin = self._origin
-        host = origin.host.decode("ascii")
-        self._stream = await self._backend.connect_tcp(host, origin.port, timeout=timeout)
-        if origin.scheme == b"https":
+    async def _connect(self, request: httpx.Request, timeout: float | None) -> Any:  # noqa: ASYNC109
+        scheme, host_bytes, port = self.origin
+        host = host_bytes.decode("ascii")
+        self._stream = await self._backend.connect_tcp(host, port, timeout=timeout)
+        if scheme == b"https":
             context = self._ssl_context or ssl.create_default_context()
             if ssl.HAS_ALPN:
                 context.set_alpn_protocols(["http/1.1"])
@@ -158,16 +194,20 @@ class H1Connection:
             self._stream = await self._stream.start_tls(context, server_hostname=sni, timeout=timeout)
         return self._stream
 
-    async def _send(self, stream: Any, request: httpcore.Request, timeout: float | None) -> None:  # noqa: ASYNC109
-        headers = request.headers
-        lines = [b"%s %s HTTP/1.1" % (request.method, request.url.target)]
+    async def _send(self, stream: Any, request: httpx.Request, timeout: float | None) -> None:  # noqa: ASYNC109
+        headers = request.headers.raw  # (name as given, value) in bytes, as they go out
+        try:
+            method = request.method.encode("ascii")
+        except UnicodeEncodeError:
+            raise httpx.LocalProtocolError("a request method must be ASCII", request=request) from None
+        lines = [b"%s %s HTTP/1.1" % (method, request.url.raw_path)]
         lines += [name + b": " + value for name, value in headers]
         lines.append(b"\r\n")
         head = b"\r\n".join(lines)
         # exactly one CRLF per line: a CR, LF or NUL inside a method, target or header would let
         # a value smuggle headers or a second request in
         if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\0" in head:
-            raise httpcore.LocalProtocolError("CR, LF or NUL in the request method, target or headers")
+            raise httpx.LocalProtocolError("CR, LF or NUL in the request method, target or headers", request=request)
         chunked, self._close_requested = _framing(headers)
         body = request.stream
         if type(body) is IN_MEMORY:
@@ -203,12 +243,13 @@ class H1Connection:
         received = 0
         while not self._head_done:
             if received > MAX_HEAD:
-                raise httpcore.RemoteProtocolError(f"the response head is longer than {MAX_HEAD} bytes")
+                raise httpx.RemoteProtocolError(f"the response head is longer than {MAX_HEAD} bytes",
+                                                request=self._request)
             data = await stream.read(READ_SIZE, self._read_timeout)
             if not data:
-                raise httpcore.RemoteProtocolError(
+                raise httpx.RemoteProtocolError(
                     "Server disconnected in the middle of the response head" if received
-                    else "Server disconnected without sending a response.")
+                    else "Server disconnected without sending a response.", request=self._request)
             received += len(data)
             self._feed(data)
 
@@ -216,10 +257,10 @@ class H1Connection:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            raise httpcore.RemoteProtocolError("the server switched protocols unasked") from None
+            raise httpx.RemoteProtocolError("the server switched protocols unasked", request=self._request) from None
         except httptools.HttpParserError as exc:
             if not self._complete:
-                raise httpcore.RemoteProtocolError(f"malformed response: {exc}") from None
+                raise httpx.RemoteProtocolError(f"malformed response: {exc}", request=self._request) from None
             # the response is whole, and parsing stopped after it: reusable only after a HEAD
             # response whose head ended this read (nothing followed it)
             self._keep_alive = self._keep_alive and self._is_head and data.endswith(b"\r\n\r\n")
@@ -230,14 +271,17 @@ class H1Connection:
         if not parts and not self._complete:
             try:
                 await self._read_body()
-            except BaseException:
+            except BaseException as exc:
+                request = self._request
                 await self.aclose()
-                raise
+                error = _network_error(exc, request)
+                if error is None:
+                    raise
+                raise error from exc
         if parts:
             part = parts[0] if len(parts) == 1 else b"".join(parts)
             parts.clear()
             return part
-        await self._response_closed()
         return None
 
     async def _read_body(self) -> None:
@@ -246,7 +290,8 @@ class H1Connection:
         received = 0  # bytes read that brought no body yet
         while not parts and not self._complete:
             if received > MAX_HEAD:
-                raise httpcore.RemoteProtocolError(f"more than {MAX_HEAD} bytes of chunk framing or trailers")
+                raise httpx.RemoteProtocolError(f"more than {MAX_HEAD} bytes of chunk framing or trailers",
+                                                request=self._request)
             data = await stream.read(READ_SIZE, self._read_timeout)
             if data:
                 received += len(data)
@@ -255,7 +300,8 @@ class H1Connection:
                 self._complete = True  # the end of the connection is the end of the body
                 self._keep_alive = False
             else:
-                raise httpcore.RemoteProtocolError("Server disconnected before the end of the response body")
+                raise httpx.RemoteProtocolError("Server disconnected before the end of the response body",
+                                                request=self._request)
 
     def _reads_until_close(self) -> bool:
         """Whether the body is delimited by the end of the connection: neither a Content-Length
@@ -268,15 +314,19 @@ class H1Connection:
 
     async def _response_closed(self) -> None:
         """The response body is done with: keep the connection for the next request when the
-        whole response was read and both sides keep it alive, else close it."""
-        if self._state != _ACTIVE:
-            return
-        if self._complete and self._keep_alive:
-            self._state = _IDLE
-            self._idle_since = time.monotonic()
-            self._parser = None
-        else:
-            await self.aclose()
+        whole response was read and both sides keep it alive, else close it; then hand it back."""
+        self._request = None
+        try:
+            if self._state != _ACTIVE:  # already closed by an error while reading the body
+                return
+            if self._complete and self._keep_alive:
+                self._state = _IDLE
+                self._idle_since = time.monotonic()
+                self._parser = None
+            else:
+                await self.aclose()
+        finally:
+            self._released(self)
 
     # --- parser callbacks (httptools calls these from feed_data) ---------------------------------
 
@@ -318,24 +368,32 @@ class H1Connection:
         self._keep_alive = self._parser.should_keep_alive() and not self._close_requested
 
 
-class _Body:
-    """A response body: async-iterable pieces of bytes, as they arrive, and `aclose`."""
+class _Body(httpx.AsyncByteStream):
+    """A response body: async-iterable pieces of bytes, as they arrive, and `aclose`.
+
+    Its end, an error while reading it or `aclose` (whichever comes first) is the end of the
+    response for the connection, exactly once: a caller that stops at an error without closing
+    the response still gives the connection back. Iterates itself (no async generator per body)."""
 
     __slots__ = ("_connection",)
 
     def __init__(self, connection: H1Connection) -> None:
         self._connection: H1Connection | None = connection
 
-    def __aiter__(self) -> _Body:
+    def __aiter__(self) -> _Body:  # type: ignore[override]
         return self
 
     async def __anext__(self) -> bytes:
         connection = self._connection
         if connection is not None:
-            part = await connection._next_part()
+            try:
+                part = await connection._next_part()
+            except BaseException:
+                await self.aclose()
+                raise
             if part is not None:
                 return part
-            self._connection = None
+            await self.aclose()
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -343,6 +401,12 @@ class _Body:
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection._response_closed()
+
+
+def _network_error(exc: BaseException, request: httpx.Request | None) -> httpx.TransportError | None:
+    """httpx's exception for an httpcore one the network layer raised (None for any other)."""
+    kind = _NETWORK_ERRORS.get(type(exc))
+    return None if kind is None else kind(str(exc), request=request)
 
 
 def _chunk(data: bytes) -> bytes:

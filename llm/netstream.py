@@ -5,7 +5,9 @@ cancel scope on every read and write: about a fifth of the CPU an upstream call 
 asyncio's own streams do the same job (TCP, TLS upgrade, timeouts via `asyncio.timeout`) and
 write without a round trip through the loop when the socket can take the bytes.
 
-Used through `gateway.netguard.guarded_backend`, which checks every address before connecting."""
+Used through `gateway.netguard.guarded_backend`, which checks every address before connecting.
+It raises httpcore's exceptions (the interface it implements); `llm.h1`, its one caller, raises
+httpx's in their place."""
 
 from __future__ import annotations
 

@@ -8,27 +8,30 @@ check to spot a connection the server closed), or opens a new one while fewer th
 `max_connections` exist; a closed response pushes its connection back if it can be reused.
 
 Each connection is an `llm.h1.H1Connection` (HTTP/1.1 parsed by llhttp, in C), on the network
-backend the pool is given: the SSRF-checking one over `llm.netstream`. The pool speaks httpcore's
-request interface and raises its exceptions, so `httpx.AsyncHTTPTransport` (error mapping,
-streaming) wraps it unchanged."""
+backend the pool is given: the SSRF-checking one over `llm.netstream`. The pool takes an
+`httpx.Request` and returns an `httpx.Response`, raising httpx's exceptions, so the transport
+over it (`gateway.netguard.GuardedTransport`) only hands requests through: nothing is converted
+to httpcore's types and back."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
-import httpcore
+import httpx
 
-from llm.h1 import H1Connection
+from llm.h1 import ConnectionNotAvailable, H1Connection, Origin
 
-Origin = httpcore.Origin
+if TYPE_CHECKING:
+    import httpcore
+
+DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
 class LifoPool:
-    """Speaks httpcore's request interface (`handle_async_request`, `aclose`).
+    """Answers httpx requests (`handle_async_request`, `aclose`), as an httpx transport would.
 
     At most `max_connections` connections are open (idle or busy). A request that finds none
     free waits in line (at most the pool timeout); a connection freed by a finished response goes
@@ -49,38 +52,35 @@ class LifoPool:
         self._max_idle = max_keepalive_connections
         self._backend = network_backend
         self._open = 0  # connections counted against max_connections, idle or busy
-        self._idle: dict[tuple, list[H1Connection]] = {}  # by (scheme, host, port)
+        self._idle: dict[Origin, list[H1Connection]] = {}  # by (scheme, host, port)
         self._idle_count = 0
         # requests waiting for room, first come first served; each future gets the connection
         # handed over, or None for "room for one new connection is yours"
-        self._waiters: deque[tuple[tuple, asyncio.Future]] = deque()
+        self._waiters: deque[tuple[Origin, asyncio.Future]] = deque()
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        scheme = request.url.scheme
-        if scheme not in (b"http", b"https"):
-            raise httpcore.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode(errors='replace')!r}")
-        origin = request.url.origin
-        wait = request.extensions.get("timeout", {}).get("pool")
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The response to `request` on a pooled connection; its body hands the connection back
+        when it is read to its end or closed (`llm.h1`)."""
+        url = request.url
+        scheme = url.raw_scheme
+        default_port = DEFAULT_PORTS.get(scheme)
+        if default_port is None:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
+        origin = (scheme, url.raw_host, url.port or default_port)
+        timeouts = request.extensions.get("timeout")
+        wait = timeouts.get("pool") if timeouts else None
         while True:
-            connection = await self._acquire(origin, wait)
+            connection = await self._acquire(origin, wait, request)
             try:
-                response = await connection.handle_async_request(request)
-            except httpcore.ConnectionNotAvailable:
+                return await connection.handle_async_request(request)
+            except ConnectionNotAvailable:
                 await self._discard(connection)  # closed under us: try another one
-                continue
             except BaseException:
                 await self._discard(connection)
                 raise
-            return httpcore.Response(
-                status=response.status,
-                headers=response.headers,
-                content=_Released(response.stream, self, origin, connection),
-                extensions=response.extensions,
-            )
 
-    async def _acquire(self, origin: Origin, wait: float | None) -> H1Connection:
-        key = _key(origin)
-        connection = self._reuse(key)
+    async def _acquire(self, origin: Origin, wait: float | None, request: httpx.Request) -> H1Connection:
+        connection = self._reuse(origin)
         if connection is not None:
             return connection
         if self._open >= self._max_open:
@@ -88,10 +88,10 @@ class LifoPool:
         if self._open < self._max_open:
             self._open += 1
             return self._new(origin)
-        handed = await self._wait_in_line(key, wait)
+        handed = await self._wait_in_line(origin, wait, request)
         return handed if handed is not None else self._new(origin)
 
-    async def _wait_in_line(self, key: tuple, wait: float | None) -> H1Connection | None:
+    async def _wait_in_line(self, key: Origin, wait: float | None, request: httpx.Request) -> H1Connection | None:
         future = asyncio.get_running_loop().create_future()
         entry = (key, future)
         self._waiters.append(entry)
@@ -104,17 +104,17 @@ class LifoPool:
             elif future.done() and not future.cancelled():  # served just as we gave up: pass it on
                 handed = future.result()
                 if handed is not None:
-                    self._release(key, handed)
+                    self._release(handed)
                 else:
                     self._free_room()
             if isinstance(exc, TimeoutError):
-                raise httpcore.PoolTimeout("no upstream connection became free in time") from None
+                raise httpx.PoolTimeout("no upstream connection became free in time", request=request) from None
             raise
 
     def _new(self, origin: Origin) -> H1Connection:
-        return H1Connection(origin, self._ssl_context, self._keepalive_expiry, self._backend)
+        return H1Connection(origin, self._ssl_context, self._keepalive_expiry, self._backend, self._release)
 
-    def _reuse(self, key: tuple) -> H1Connection | None:
+    def _reuse(self, key: Origin) -> H1Connection | None:
         stack = self._idle.get(key)
         while stack:
             connection = stack.pop()
@@ -131,7 +131,7 @@ class LifoPool:
                 self._forget(stack.pop(0))
                 return
 
-    def _next_waiter(self, key: tuple | None = None) -> asyncio.Future | None:
+    def _next_waiter(self, key: Origin | None = None) -> asyncio.Future | None:
         """The first waiter still waiting (for `key` only, when given)."""
         for entry in self._waiters:
             if entry[1].done():
@@ -141,11 +141,13 @@ class LifoPool:
                 return entry[1]
         return None
 
-    def _release(self, key: tuple, connection: H1Connection) -> None:
-        """A response is closed: hand its connection on, keep it for later, or let it go."""
+    def _release(self, connection: H1Connection) -> None:
+        """A response is done with (the connection calls this): hand its connection on, keep it
+        for later, or let it go."""
         if not connection.is_idle() or connection.has_expired():
             self._forget(connection)
             return
+        key = connection.origin
         waiter = self._next_waiter(key)
         if waiter is not None:
             waiter.set_result(connection)
@@ -193,38 +195,6 @@ class LifoPool:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
-
-
-class _Released:
-    """The response body; closing it hands the connection back to the pool exactly once."""
-
-    def __init__(self, stream: Any, pool: LifoPool, origin: Origin, connection: H1Connection) -> None:
-        self._stream = stream
-        self._pool = pool
-        self._origin = origin
-        self._connection = connection
-        self._closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for part in self._stream:
-                yield part
-        except BaseException:
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._stream.aclose()
-        finally:
-            self._pool._release(_key(self._origin), self._connection)
-
-
-def _key(origin: Origin) -> tuple[bytes, bytes, int]:
-    return origin.scheme, origin.host, origin.port
 
 
 def _ignore_result(task: asyncio.Task) -> None:
