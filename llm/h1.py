@@ -157,21 +157,21 @@ class H1Connection:
         })
 
     def is_available(self) -> bool:
-        """Can take a request now: never connected yet, or idle and still sound."""
-        state = self._state
-        return state == _NEW or (state == _IDLE and not self._stream.get_extra_info("is_readable"))
+        """Can take a request now: never connected yet, or idle. Whether the server closed an idle
+        connection is asked once, when a request is handed to it (one poll per request, not one
+        per check)."""
+        return self._state in (_NEW, _IDLE)
 
     def is_idle(self) -> bool:
         return self._state == _IDLE
 
     def has_expired(self) -> bool:
-        """Closed, or idle for longer than the keep-alive expiry, or closed by the server while idle."""
+        """Closed, or idle for longer than the keep-alive expiry (a connection the server closed
+        while idle is found out when it is next used: `handle_async_request`)."""
         state = self._state
         if state == _IDLE:
             expiry = self._keepalive_expiry
-            if expiry is not None and time.monotonic() - self._idle_since > expiry:
-                return True
-            return bool(self._stream.get_extra_info("is_readable"))
+            return expiry is not None and time.monotonic() - self._idle_since > expiry
         return state == _CLOSED
 
     async def aclose(self) -> None:
