@@ -221,12 +221,19 @@ async def _sse(run: Run, principal: Principal, agent: dict, model: str, include_
         return frame({"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
+    # a text delta is most of a stream: the frame around it is the same every time, so it is
+    # encoded once and only the text is encoded per chunk (bytes equal to `chunk({"content": t})`)
+    before, after = chunk({"content": ""}).rsplit(b'"content": ""', 1)
+
+    def text_chunk(text: str) -> bytes:
+        return before + b'"content": ' + json.dumps(text, ensure_ascii=False).encode() + after
+
     try:
         yield chunk({"role": "assistant", "content": ""})
         event: RunEvent | None = first
         while event is not None:
             if event.kind == "text":
-                yield chunk({"content": event.text})
+                yield text_chunk(event.text)
             elif event.kind == "tool_call" and event.tool_call is not None:
                 # SSE comments: visible to curious clients, ignored by OpenAI SDKs
                 yield f": tool_call {event.tool_call.name}\n\n".encode()

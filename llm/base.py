@@ -282,6 +282,7 @@ class BaseClient:
         Closing or cancelling the iterator closes the upstream response.
         """
         resp = await self._retrying(lambda: self._send(method, path, json_body, params))
+        resp.encoding = "utf-8"  # event streams are UTF-8 (and httpx would parse Content-Type to find out)
         lines = resp.aiter_lines()
         try:
             async for line in lines:
