@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 
 import db
+from db.text import storable
 from gateway.errors import ApiError
-from gateway.validation import REPLACEMENT, UNSTORABLE
 
 log = logging.getLogger("goclaw.batch")
 
@@ -34,14 +34,6 @@ MAX_QUEUED = 200_000  # beyond this (a long outage) the oldest writes are droppe
 
 
 REFUSALS = (psycopg.Error, ApiError, UnicodeError)  # how a row the database cannot take fails
-
-
-def storable(value: Any) -> Any:
-    """A refused row's value as PostgreSQL can store it: text holds no U+0000 (jsonb not even its
-    `\\u0000` escape) and UTF-8 no lone surrogate, so each becomes U+FFFD (as request input does)."""
-    if isinstance(value, str):
-        return UNSTORABLE.sub(REPLACEMENT, value).replace("\\u0000", "\\ufffd")
-    return value
 
 
 class CopyInto(str):
@@ -115,12 +107,10 @@ class BatchWriter:
                 self._sums.clear()  # rows about to be written are not added to any more
                 try:
                     await self._write(batch)
-                except ApiError as exc:
-                    if exc.status == 503:
+                except REFUSALS as exc:
+                    if isinstance(exc, ApiError) and exc.status == 503:
                         raise  # database unreachable: keep the batch queued
                     await self._write_one_by_one(batch)  # a value the database refuses
-                except (psycopg.Error, UnicodeError):  # e.g. a lone surrogate psycopg cannot encode
-                    await self._write_one_by_one(batch)
                 del self._queue[: len(batch)]
                 self._written += len(batch)
 
@@ -145,15 +135,21 @@ class BatchWriter:
             try:
                 await self._write_row(sql, params)
             except REFUSALS as exc:
-                cleaned = [storable(value) for value in params]
-                try:
-                    if cleaned == list(params):
-                        raise
-                    await self._write_row(sql, cleaned)
-                except REFUSALS as again:
-                    if isinstance(again, ApiError) and again.status == 503:
-                        raise
-                    log.error("dropping a write that the database refuses: %s", exc)
+                await self._write_cleaned(sql, params, exc)
+
+    async def _write_cleaned(self, sql: str, params: Sequence[Any], refusal: Exception) -> None:
+        """Retry a refused row with what PostgreSQL can store, if that changes anything."""
+        latest = refusal
+        cleaned = [storable(value) for value in params]
+        if cleaned != list(params):
+            try:
+                await self._write_row(sql, cleaned)
+                return
+            except REFUSALS as exc:
+                latest = exc
+        if isinstance(latest, ApiError) and latest.status == 503:
+            raise latest  # database unreachable: the batch stays queued
+        log.error("dropping a write that the database refuses: %s", refusal)
 
     @staticmethod
     async def _write_row(sql: str, params: Sequence[Any]) -> None:

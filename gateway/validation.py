@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import typing as t
 import uuid
 
@@ -31,6 +30,7 @@ from jsonschema import Draft4Validator, ValidationError
 from starlette.formparsers import MultiPartException
 from starlette.types import Receive, Scope, Send
 
+from db.text import replace_nul
 from gateway.fastschema import fast_validator_for
 
 PARSED_BODY = "goclaw.parsed_body"  # scope["extensions"] key: (mime type, body as validated)
@@ -56,10 +56,6 @@ def _validator_for(schema: dict) -> Draft4Validator:
     return cached[1]
 
 
-REPLACEMENT = "\ufffd"
-
-
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_JSON_DEPTH = 100  # deeper documents are a 400: nothing legitimate nests further, and recursion must not 500
 
 
@@ -73,18 +69,6 @@ def too_deep(value: t.Any, limit: int = MAX_JSON_DEPTH) -> bool:
                 return True
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return False
-
-
-def replace_nul(value: t.Any) -> t.Any:
-    """PostgreSQL text cannot hold U+0000, and UTF-8 cannot hold a lone surrogate (JSON's
-    `\\ud800`), so both become U+FFFD (documented in README)."""
-    if isinstance(value, str):
-        return UNSTORABLE.sub(REPLACEMENT, value) if UNSTORABLE.search(value) else value
-    if isinstance(value, dict):
-        return {replace_nul(k): replace_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [replace_nul(v) for v in value]
-    return value
 
 
 class NamedParameterValidator(ParameterValidator):
