@@ -61,7 +61,6 @@ class CompiledOperation:
         self.takes_files = operation.is_request_body_defined and any(c in FORM_TYPES for c in operation.consumes)
         self.context_names = None if self.has_kwargs else frozenset(arguments)
         self.responses = OperationResponses(operation, jsonifier)
-        self.body_schemas: dict[str, dict] = {}  # by media type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kwargs = await self.arguments_for(scope, receive)
@@ -99,12 +98,9 @@ class CompiledOperation:
                 kwargs[key] = value
         return kwargs
 
-    def _json_argument(self, mime_type: str, body: t.Any) -> dict[str, t.Any]:
-        schema = self.body_schemas.get(mime_type)
-        if schema is None:
-            schema = self.operation.body_schema(mime_type)
-            if len(self.body_schemas) < 8:
-                self.body_schemas[mime_type] = schema
+    def _json_argument(self, schema: dict, body: t.Any) -> dict[str, t.Any]:
+        """Connexion's body argument for JSON: null stays null where the schema allows it, a
+        missing body is the schema's default (the schema the validator checked the body against)."""
         if is_nullable(schema) and is_null(body):
             body = None
         elif body is None:

@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from db.text import replace_nul
 from gateway.fastschema import fast_validator_for
 
-PARSED_BODY = "goclaw.parsed_body"  # scope["extensions"] key: (mime type, body as validated)
+PARSED_BODY = "goclaw.parsed_body"  # scope["extensions"] key: (body schema, body as validated)
 
 _param_validators: dict[int, tuple[dict, Draft4Validator]] = {}
 _body_validators: dict[int, tuple[dict, Draft4Validator]] = {}
@@ -131,15 +131,13 @@ class StrictJSONBodyValidator(JSONRequestBodyValidator):
                 raise BadRequestProblem("RequestBody is required")
         if not (body is None and self._nullable):
             self._validate(body)
-        scope.setdefault("extensions", {})[PARSED_BODY] = (self.mime_type, body)
+        scope.setdefault("extensions", {})[PARSED_BODY] = (self._schema, body)
         replay = iter([{"type": "http.request", "body": raw, "more_body": False}])
 
         async def receive_again() -> t.MutableMapping[str, t.Any]:
             return next(replay, None) or await receive()
 
         return receive_again, scope
-
-    mime_type = "application/json"
 
     def decode(self, raw: bytes) -> t.Any:
         try:
@@ -217,7 +215,7 @@ class ValidateOnce(RequestValidationOperation):
         validator_cls = self._validator_map["body"].get(mime_type) if schema else None
         if validator_cls is None:
             return False  # nothing to validate (cached as "none")
-        validator = validator_cls(
+        return validator_cls(
             schema=schema,
             required=operation.request_body.get("required", False),
             nullable=is_nullable(operation.body_definition(mime_type)),
@@ -225,8 +223,6 @@ class ValidateOnce(RequestValidationOperation):
             strict_validation=self.strict_validation,
             uri_parser=operation.uri_parser_class(operation.parameters, operation.body_definition()),
         )
-        validator.mime_type = mime_type
-        return validator
 
     def validate_mime_type(self, mime_type: str) -> None:
         """Connexion's check (media ranges included) against a table built once."""
