@@ -94,7 +94,7 @@ class H1Connection:
         "origin",
     )
 
-    def __init__(self, origin: Origin, ssl_context: ssl.SSLContext | None, keepalive_expiry: float | None,
+    def __init__(self, origin: Origin, ssl_context: ssl.SSLContext, keepalive_expiry: float | None,
                  network_backend: httpcore.AsyncNetworkBackend, released: Callable[[H1Connection], None]) -> None:
         self.origin = origin
         self._ssl_context = ssl_context
@@ -186,12 +186,9 @@ class H1Connection:
         scheme, host_bytes, port = self.origin
         host = host_bytes.decode("ascii")
         self._stream = await self._backend.connect_tcp(host, port, timeout=timeout)
-        if scheme == b"https":
-            context = self._ssl_context or ssl.create_default_context()
-            if ssl.HAS_ALPN:
-                context.set_alpn_protocols(["http/1.1"])
+        if scheme == b"https":  # the pool's context: certificates checked, ALPN offering HTTP/1.1
             sni = request.extensions.get("sni_hostname") or host
-            self._stream = await self._stream.start_tls(context, server_hostname=sni, timeout=timeout)
+            self._stream = await self._stream.start_tls(self._ssl_context, server_hostname=sni, timeout=timeout)
         return self._stream
 
     async def _send(self, stream: Any, request: httpx.Request, timeout: float | None) -> None:  # noqa: ASYNC109

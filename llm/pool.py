@@ -46,7 +46,10 @@ class LifoPool:
         keepalive_expiry: float | None,
         network_backend: httpcore.AsyncNetworkBackend,
     ) -> None:
-        self._ssl_context = ssl_context
+        # one TLS context for every connection, offering HTTP/1.1 only (set once, not per connect)
+        self._ssl_context = ssl_context or ssl.create_default_context()
+        if ssl.HAS_ALPN:
+            self._ssl_context.set_alpn_protocols(["http/1.1"])
         self._keepalive_expiry = keepalive_expiry
         self._max_open = max_connections
         self._max_idle = max_keepalive_connections
